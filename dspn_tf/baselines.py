@@ -1,0 +1,129 @@
+"""One-shot set decoders used as baselines in the paper (SPEC §5).
+
+They return the same dict as `DSPN` with a single step, so training and
+evaluation code treat every decoder alike. They have no inner loop, so they
+are trained without the representation loss.
+"""
+
+import keras
+import tensorflow as tf
+
+from dspn_tf.dspn import decoder_output
+
+
+def _check_sizes(name, **sizes):
+    for key, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: `{key}` must be a positive integer; received {key}={value!r}.")
+
+
+def _check_z(name, z, latent):
+    if z.shape.rank != 2:
+        raise ValueError(f"{name}: `z` must have shape [batch, latent]; received shape {z.shape}.")
+    if latent is not None and z.shape[-1] is not None and z.shape[-1] != latent:
+        raise ValueError(f"{name} was built for embeddings of size {latent} but received z of shape {z.shape}.")
+
+
+def _one_step(set_, mask):
+    empty = tf.zeros([0, tf.shape(set_)[0]], set_.dtype)
+    return decoder_output(set_[None], mask[None], empty, empty)
+
+
+@keras.saving.register_keras_serializable(package="dspn_tf")
+class MLPDecoder(keras.layers.Layer):
+    """z → Dense(dim) → ReLU → Dense(dim) → ReLU → Dense(N × (C + 1)).
+
+    The output is reshaped to N elements of C features plus a raw (unclamped)
+    mask channel, as in the reference.
+
+    Args:
+        set_size: Number of set slots N.
+        set_channels: Features per element C.
+        dim: Hidden width.
+
+    Call arguments:
+        inputs: `[batch, latent]`.
+        iters: Ignored (accepted so all decoders share one call signature).
+
+    Returns:
+        The decoder dict with one step: `sets` `[1, batch, N, C]`, `masks`
+        `[1, batch, N]`, empty `inner_losses` and `grad_norms` `[0, batch]`.
+    """
+
+    def __init__(self, set_size, set_channels, dim, **kwargs):
+        super().__init__(**kwargs)
+        _check_sizes("MLPDecoder", set_size=set_size, set_channels=set_channels, dim=dim)
+        self.set_size = set_size
+        self.set_channels = set_channels
+        self.dim = dim
+        self.latent = None
+        self.hidden1 = keras.layers.Dense(dim, activation="relu", name="hidden1")
+        self.hidden2 = keras.layers.Dense(dim, activation="relu", name="hidden2")
+        self.output_layer = keras.layers.Dense(set_size * (set_channels + 1), name="output")
+
+    def build(self, input_shape):
+        self.latent = input_shape[-1]
+        self.hidden1.build((None, self.latent))
+        self.hidden2.build((None, self.dim))
+        self.output_layer.build((None, self.dim))
+
+    def call(self, inputs, iters=None, training=False):
+        z = tf.convert_to_tensor(inputs)
+        _check_z("MLPDecoder", z, self.latent)
+        x = self.output_layer(self.hidden2(self.hidden1(z)))
+        x = tf.reshape(x, [-1, self.set_size, self.set_channels + 1])  # Shape: [batch, N, C + 1].
+        return _one_step(x[..., :-1], x[..., -1])
+
+    def get_config(self):
+        return {**super().get_config(), "set_size": self.set_size, "set_channels": self.set_channels, "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package="dspn_tf")
+class LSTMDecoder(keras.layers.Layer):
+    """An LSTM that emits the set one element per step.
+
+    Dense(dim) of z is the initial cell state (hidden state 0); the LSTM runs
+    N steps on zero inputs and each output goes through Dense(C + 1) (C
+    features and a raw mask value).
+
+    Args:
+        set_size: Number of set slots N.
+        set_channels: Features per element C.
+        dim: LSTM width.
+
+    Call arguments:
+        inputs: `[batch, latent]`.
+        iters: Ignored.
+
+    Returns:
+        The decoder dict with one step, as `MLPDecoder`.
+    """
+
+    def __init__(self, set_size, set_channels, dim, **kwargs):
+        super().__init__(**kwargs)
+        _check_sizes("LSTMDecoder", set_size=set_size, set_channels=set_channels, dim=dim)
+        self.set_size = set_size
+        self.set_channels = set_channels
+        self.dim = dim
+        self.latent = None
+        self.cell_init = keras.layers.Dense(dim, name="cell_init")
+        self.lstm = keras.layers.LSTM(dim, return_sequences=True, name="lstm")
+        self.output_layer = keras.layers.Dense(set_channels + 1, name="output")
+
+    def build(self, input_shape):
+        self.latent = input_shape[-1]
+        self.cell_init.build((None, self.latent))
+        self.lstm.build((None, self.set_size, 1))
+        self.output_layer.build((None, self.set_size, self.dim))
+
+    def call(self, inputs, iters=None, training=False):
+        z = tf.convert_to_tensor(inputs)
+        _check_z("LSTMDecoder", z, self.latent)
+        cell = self.cell_init(z)  # Shape: [batch, dim].
+        steps = tf.zeros([tf.shape(z)[0], self.set_size, 1], z.dtype)
+        x = self.lstm(steps, initial_state=[tf.zeros_like(cell), cell], training=training)
+        x = self.output_layer(x)  # Shape: [batch, N, C + 1].
+        return _one_step(x[..., :-1], x[..., -1])
+
+    def get_config(self):
+        return {**super().get_config(), "set_size": self.set_size, "set_channels": self.set_channels, "dim": self.dim}

@@ -1,0 +1,138 @@
+"""Featurewise sort pooling (FSPool; Zhang, Hare, Prügel-Bennett, ICLR 2020).
+
+Every channel is sorted over the set independently (descending) and the sorted
+values are summed with weights that depend on each position's *relative* rank
+through a piecewise-linear function with `n_pieces` pieces per channel.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def check_set_and_mask(name, x, mask):
+    """Raises ValueError unless `x` is `[batch, n, c]` and `mask` is `[batch, n]`."""
+    if x.shape.rank != 3:
+        raise ValueError(
+            f"{name}: the set must have rank 3 [batch, set_size, features]; "
+            f"received shape {x.shape}."
+        )
+    if mask is None:
+        return
+    if mask.shape.rank != 2 or not mask.shape.is_compatible_with(x.shape[:2]):
+        raise ValueError(
+            f"{name}: `mask` must have shape [batch, set_size] = {x.shape[:2]} "
+            f"to match the set of shape {x.shape}; received mask shape {mask.shape}."
+        )
+
+
+def check_features(name, x, expected):
+    """Raises ValueError if the last dim of `x` differs from the built one."""
+    got = x.shape[-1]
+    if got is not None and expected is not None and got != expected:
+        raise ValueError(
+            f"{name} was built for {expected} features per element but "
+            f"received a set of shape {x.shape}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="dspn_tf")
+class FSPool(keras.layers.Layer):
+    """Featurewise sort pooling over a set.
+
+    Each of the C channels has a piecewise-linear weight function over relative
+    rank r in [0, 1], parametrised by `n_pieces + 1` values `W[c, :]`. Position
+    i (0-based, after sorting the channel in descending order) of a set of n
+    elements has r = i / max(n - 1, 1); its weight is the linear interpolation
+    of W at `n_pieces * r`. The output is the weighted sum of the sorted values.
+
+    Args:
+        n_pieces: Number of linear pieces of each weight function (>= 1).
+            The DSPN paper uses 20.
+
+    Call arguments:
+        inputs: Float tensor `[batch, set_size, channels]`.
+        mask: Optional `[batch, set_size]`. Without it every one of the
+            `set_size` positions is an element (the DSPN encoders' way: the
+            mask is an input *feature* there). With it, nonzero entries mark
+            the elements, each set is pooled over its own size n and padded
+            positions contribute 0. Elements need not come first.
+
+    Input shape:
+        `[batch, set_size, channels]`.
+
+    Output shape:
+        `[batch, channels]`.
+
+    Example:
+
+    >>> pool = FSPool(n_pieces=20)
+    >>> pool(tf.random.normal([4, 7, 3])).shape
+    TensorShape([4, 3])
+    """
+
+    def __init__(self, n_pieces=20, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(n_pieces, int) or n_pieces < 1:
+            raise ValueError(f"FSPool: `n_pieces` must be an integer >= 1; received n_pieces={n_pieces!r}.")
+        self.n_pieces = n_pieces
+        self.channels = None
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(f"FSPool: the channel dimension must be known; received input shape {input_shape}.")
+        self.channels = int(channels)
+        self.weight = self.add_weight(
+            name="weight",
+            shape=(self.channels, self.n_pieces + 1),
+            initializer=keras.initializers.RandomNormal(mean=0.0, stddev=1.0),
+        )
+
+    def _piece_weights(self, ratio):
+        """Interpolated weights for relative ranks `ratio` (any shape S) → S + [C]."""
+        t = self.n_pieces * ratio
+        # Clamping k to n_pieces - 1 makes r = 1 land on W[:, n_pieces] with
+        # f = 1, which equals the reference's k = n_pieces, f = 0.
+        k = tf.minimum(tf.floor(t), self.n_pieces - 1)
+        f = (t - k)[..., None]
+        table = tf.transpose(tf.convert_to_tensor(self.weight))  # Shape: [n_pieces + 1, C].
+        k = tf.cast(k, tf.int32)
+        left = tf.gather(table, k)
+        right = tf.gather(table, k + 1)
+        return (1.0 - f) * left + f * right
+
+    def call(self, inputs, mask=None):
+        check_set_and_mask("FSPool", inputs, mask)
+        check_features("FSPool", inputs, self.channels)
+        x = tf.convert_to_tensor(inputs)
+        dtype = x.dtype
+        set_size = tf.shape(x)[1]
+        positions = tf.range(set_size, dtype=dtype)
+        if mask is not None:
+            present = tf.cast(mask, dtype) > 0
+            # Push absent elements to the end of the descending sort; after the
+            # sort, positions >= n are zeroed by `where`, which also blocks
+            # their gradient.
+            x = tf.where(present[..., None], x, tf.constant(float("-inf"), dtype))
+        # Sort every channel over the set: top_k sorts the last axis descending
+        # and its gradient (a scatter) is itself differentiable.
+        x_t = tf.transpose(x, [0, 2, 1])  # Shape: [batch, C, set_size].
+        sorted_t, _ = tf.math.top_k(x_t, k=set_size, sorted=True)
+        sorted_x = tf.transpose(sorted_t, [0, 2, 1])  # Shape: [batch, set_size, C].
+        if mask is None:
+            n = tf.cast(set_size, dtype)
+            ratio = positions / tf.maximum(n - 1.0, 1.0)  # Shape: [set_size].
+            weights = self._piece_weights(ratio)  # Shape: [set_size, C].
+            return tf.reduce_sum(sorted_x * weights[None], axis=1)
+        n = tf.reduce_sum(tf.cast(present, dtype), axis=1, keepdims=True)  # Shape: [batch, 1].
+        ratio = tf.minimum(positions[None] / tf.maximum(n - 1.0, 1.0), 1.0)  # Shape: [batch, set_size].
+        weights = self._piece_weights(ratio)  # Shape: [batch, set_size, C].
+        valid = positions[None] < n
+        sorted_x = tf.where(valid[..., None], sorted_x, tf.zeros_like(sorted_x))
+        return tf.reduce_sum(sorted_x * weights, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "n_pieces": self.n_pieces}

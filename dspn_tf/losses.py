@@ -1,0 +1,198 @@
+"""Set losses (SPEC §6): Chamfer, Hungarian and the representation loss.
+
+Predictions and targets are compared as `[set, mask]`: the mask is one more
+feature, and padded target slots are real zero elements that predictions must
+match. All losses accept either one step `[batch, n, C]` or stacked decoder
+steps `[steps, batch, n, C]` (the `sets`/`masks` a decoder returns).
+"""
+
+import numpy as np
+import scipy.optimize
+import tensorflow as tf
+
+
+def huber(x, delta=1.0):
+    """Elementwise Huber / smooth-L1: 0.5 x² for |x| < delta, else delta (|x| - delta / 2)."""
+    a = tf.abs(x)
+    q = tf.minimum(a, delta)
+    # Written without a branch so that it is twice differentiable everywhere
+    # the reference's smooth_l1 is.
+    return 0.5 * q * q + delta * (a - q)
+
+
+def _with_mask(sets, masks):
+    return tf.concat([sets, tf.cast(masks, sets.dtype)[..., None]], axis=-1)
+
+
+def _as_steps(sets, masks, name):
+    sets = tf.convert_to_tensor(sets)
+    masks = tf.convert_to_tensor(masks, dtype=sets.dtype)
+    if sets.shape.rank == 3:
+        sets, masks = sets[None], masks[None]
+    if sets.shape.rank != 4 or masks.shape.rank != 3:
+        raise ValueError(
+            f"{name}: predictions must be [batch, n, C] with mask [batch, n], or "
+            f"[steps, batch, n, C] with mask [steps, batch, n]; received set shape "
+            f"{sets.shape} and mask shape {masks.shape}."
+        )
+    if not masks.shape.is_compatible_with(sets.shape[:3]):
+        raise ValueError(f"{name}: predicted mask shape {masks.shape} does not match set shape {sets.shape}.")
+    return sets, masks
+
+
+def _check_target(name, target_set, target_mask, pred_sets):
+    if target_set.shape.rank != 3 or target_mask.shape.rank != 2:
+        raise ValueError(
+            f"{name}: target must be [batch, n, C] with mask [batch, n]; received "
+            f"{target_set.shape} and {target_mask.shape}."
+        )
+    if not target_mask.shape.is_compatible_with(target_set.shape[:2]):
+        raise ValueError(f"{name}: target mask shape {target_mask.shape} does not match target set {target_set.shape}.")
+    if not target_set.shape[-1:].is_compatible_with(pred_sets.shape[-1:]):
+        raise ValueError(
+            f"{name}: predictions have {pred_sets.shape[-1]} features but targets have "
+            f"{target_set.shape[-1]} (pred {pred_sets.shape}, target {target_set.shape})."
+        )
+
+
+def pairwise_cost(pred, target):
+    """Huber cost averaged over features between every pred and target element.
+
+    Args:
+        pred: `[batch, n, F]`.
+        target: `[batch, m, F]`.
+
+    Returns:
+        `[batch, n, m]`, entry (i, j) = mean_f huber(pred_i - target_j).
+    """
+    diff = pred[:, :, None, :] - target[:, None, :, :]  # Shape: [batch, n, m, F].
+    return tf.reduce_mean(huber(diff), axis=-1)
+
+
+def _reduce(per_sample, reduction):
+    if reduction == "mean":
+        return tf.reduce_mean(per_sample)
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"`reduction` must be 'mean' or 'none'; received {reduction!r}.")
+
+
+def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, reduction="mean"):
+    """Chamfer loss averaged over decoder steps (set-MNIST; SPEC §6).
+
+    Per sample and step: `mean_j min_i d(i, j) + mean_i min_j d(i, j)` with d
+    the feature-mean Huber cost of `[set, mask]` vectors. The cost is built one
+    step at a time so that memory is `[batch, n, m, F]`, never 5-D.
+
+    Args:
+        pred_sets: `[steps, batch, n, C]` or `[batch, n, C]`.
+        pred_masks: `[steps, batch, n]` or `[batch, n]`.
+        target_set: `[batch, m, C]`.
+        target_mask: `[batch, m]`.
+        reduction: "mean" (scalar, batch mean) or "none" (`[batch]`).
+
+    Returns:
+        The loss averaged over steps.
+    """
+    pred_sets, pred_masks = _as_steps(pred_sets, pred_masks, "chamfer_loss")
+    target_set = tf.convert_to_tensor(target_set, pred_sets.dtype)
+    target_mask = tf.convert_to_tensor(target_mask, pred_sets.dtype)
+    _check_target("chamfer_loss", target_set, target_mask, pred_sets)
+    target = _with_mask(target_set, target_mask)
+
+    def one_step(args):
+        s, m = args
+        cost = pairwise_cost(_with_mask(s, m), target)  # Shape: [batch, n, m].
+        return tf.reduce_mean(tf.reduce_min(cost, axis=1), axis=1) + tf.reduce_mean(tf.reduce_min(cost, axis=2), axis=1)
+
+    steps = pred_sets.shape[0]
+    if steps is not None:
+        per_step = [one_step((pred_sets[t], pred_masks[t])) for t in range(steps)]
+        per_sample = tf.add_n(per_step) / float(steps)
+    else:
+        per_sample = tf.reduce_mean(
+            tf.map_fn(one_step, (pred_sets, pred_masks), fn_output_signature=pred_sets.dtype), axis=0
+        )
+    return _reduce(per_sample, reduction)
+
+
+def _assign_batch(cost):
+    """Optimal assignment for each `[n, m]` matrix of a `[k, n, m]` NumPy batch."""
+    cols = np.empty(cost.shape[:2], dtype=np.int32)
+    for b in range(cost.shape[0]):
+        c = cost[b]
+        if not np.all(np.isfinite(c)):
+            raise ValueError(f"hungarian_loss: the cost matrix of sample {b} contains NaN or Inf.")
+        rows, col = scipy.optimize.linear_sum_assignment(c)
+        cols[b, rows] = col
+    return cols
+
+
+def hungarian_assignment(cost):
+    """Column assigned to every row of each `[n, n]` cost matrix (no gradient).
+
+    Runs scipy's `linear_sum_assignment` for the whole batch in one
+    `tf.numpy_function` call, so it works inside `tf.function`.
+
+    Args:
+        cost: `[k, n, n]` float tensor.
+
+    Returns:
+        `[k, n]` int32 tensor.
+    """
+    cols = tf.numpy_function(_assign_batch, [tf.stop_gradient(cost)], tf.int32, stateful=False)
+    cols.set_shape(cost.shape[:2])
+    return cols
+
+
+def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=False, reduction="mean"):
+    """Hungarian loss (CLEVR; SPEC §6).
+
+    The optimal one-to-one matching of predicted and target `[set, mask]`
+    elements is found on the stopped-gradient cost; the loss is the mean of
+    the matched (differentiable) costs over the n pairs.
+
+    Args:
+        pred_sets: `[steps, batch, n, C]` or `[batch, n, C]`.
+        pred_masks: `[steps, batch, n]` or `[batch, n]`.
+        target_set: `[batch, n, C]` (same n as the predictions).
+        target_mask: `[batch, n]`.
+        all_steps: If False (the reference), only the last step is scored; if
+            True (the paper's text), the loss is averaged over all steps.
+        reduction: "mean" (scalar) or "none" (`[batch]`).
+    """
+    pred_sets, pred_masks = _as_steps(pred_sets, pred_masks, "hungarian_loss")
+    target_set = tf.convert_to_tensor(target_set, pred_sets.dtype)
+    target_mask = tf.convert_to_tensor(target_mask, pred_sets.dtype)
+    _check_target("hungarian_loss", target_set, target_mask, pred_sets)
+    if not pred_sets.shape[2:3].is_compatible_with(target_set.shape[1:2]):
+        raise ValueError(
+            f"hungarian_loss: predictions have {pred_sets.shape[2]} elements but targets have "
+            f"{target_set.shape[1]}; a one-to-one matching needs equal sizes."
+        )
+    if not all_steps:
+        pred_sets, pred_masks = pred_sets[-1:], pred_masks[-1:]
+    target = _with_mask(target_set, target_mask)
+    steps = tf.shape(pred_sets)[0]
+    batch = tf.shape(pred_sets)[1]
+    pred = _with_mask(pred_sets, pred_masks)  # Shape: [steps, batch, n, F].
+    flat_pred = tf.reshape(pred, tf.concat([[-1], tf.shape(pred)[2:]], axis=0))
+    flat_target = tf.tile(target, [steps, 1, 1])  # Shape: [steps * batch, n, F].
+    cost = pairwise_cost(flat_pred, flat_target)  # Shape: [steps * batch, n, n].
+    cols = hungarian_assignment(cost)
+    matched = tf.gather(cost, cols, axis=2, batch_dims=2)  # Shape: [steps * batch, n].
+    per_sample = tf.reshape(tf.reduce_mean(matched, axis=1), [steps, batch])
+    return _reduce(tf.reduce_mean(per_sample, axis=0), reduction)
+
+
+def repr_loss(predicted, target, reduction="mean"):
+    """Huber distance between embeddings, averaged over the latent dimensions.
+
+    In DSPN training this is `huber(g(target_set, target_mask) - z)`; neither
+    side is stop-gradiented, so it trains both encoders (SPEC §6).
+    """
+    predicted = tf.convert_to_tensor(predicted)
+    target = tf.convert_to_tensor(target, predicted.dtype)
+    if not predicted.shape.is_compatible_with(target.shape):
+        raise ValueError(f"repr_loss: shapes differ: {predicted.shape} vs {target.shape}.")
+    return _reduce(tf.reduce_mean(huber(predicted - target), axis=-1), reduction)
