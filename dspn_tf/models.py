@@ -88,3 +88,51 @@ class ImageToSet(keras.Model):
             "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder),
         }
+
+
+def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, decoder_dim=None,
+                set_encoder=None, image_encoder="conv", iters=10, inner_lr=25.0, n_pieces=20):
+    """Builds the model of one of the paper's tasks from plain settings.
+
+    Args:
+        task: "autoencoder" (set → set, set-MNIST) or "image" (image → set, CLEVR).
+        decoder: "dspn", "mlp" or "lstm".
+        set_size: Set slots N.
+        set_channels: Features per element C.
+        dim: Hidden width of the set encoder.
+        latent: Embedding size.
+        decoder_dim: Hidden width of a baseline decoder (default `dim`).
+        set_encoder: "fs" or "rnfs" (default: "fs" for the auto-encoder, "rnfs" for images).
+        image_encoder: "conv" (small, for CPUs) or "resnet34" (the paper's).
+        iters: DSPN inner steps.
+        inner_lr: DSPN per-sample inner step size.
+        n_pieces: FSPool pieces.
+
+    Returns:
+        A `SetAutoEncoder` or `ImageToSet`.
+    """
+    # Imported here to keep this module importable without a cycle.
+    from dspn_tf.baselines import LSTMDecoder, MLPDecoder
+    from dspn_tf.encoders import FSEncoder, RNFSEncoder
+    from dspn_tf.image_encoders import ConvEncoder, ResNet34Encoder
+
+    if task not in ("autoencoder", "image"):
+        raise ValueError(f"build_model: `task` must be 'autoencoder' or 'image'; received {task!r}.")
+    set_encoder = set_encoder or ("fs" if task == "autoencoder" else "rnfs")
+    encoders = {"fs": FSEncoder, "rnfs": RNFSEncoder}
+    if set_encoder not in encoders:
+        raise ValueError(f"build_model: `set_encoder` must be one of {sorted(encoders)}; received {set_encoder!r}.")
+    make_set_encoder = lambda: encoders[set_encoder](dim, latent, n_pieces=n_pieces)  # noqa: E731
+    if decoder == "dspn":
+        dec = DSPN(make_set_encoder(), set_size, set_channels, iters=iters, lr=inner_lr)
+    elif decoder in ("mlp", "lstm"):
+        cls = MLPDecoder if decoder == "mlp" else LSTMDecoder
+        dec = cls(set_size, set_channels, decoder_dim or dim)
+    else:
+        raise ValueError(f"build_model: `decoder` must be 'dspn', 'mlp' or 'lstm'; received {decoder!r}.")
+    if task == "autoencoder":
+        return SetAutoEncoder(dec, encoder=None if decoder == "dspn" else make_set_encoder())
+    images = {"conv": ConvEncoder, "resnet34": ResNet34Encoder}
+    if image_encoder not in images:
+        raise ValueError(f"build_model: `image_encoder` must be one of {sorted(images)}; received {image_encoder!r}.")
+    return ImageToSet(images[image_encoder](latent), dec)

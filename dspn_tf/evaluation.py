@@ -1,0 +1,137 @@
+"""Evaluation of a trained model at several numbers of inner steps (SPEC §8).
+
+The model runs once per batch with the largest requested step count; the
+intermediate steps it returns give every smaller count for free (step t of a
+30-step run is exactly the result of a t-step run). AP is computed in NumPy
+outside any `tf.function`.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from dspn_tf import losses as losses_lib
+from dspn_tf import metrics
+from dspn_tf.models import SetAutoEncoder
+from dspn_tf.training import model_inputs
+
+STATE_THRESHOLDS = (np.inf, 1.0, 0.5, 0.25, 0.125)
+BOX_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
+def _step_index(iters, total, name):
+    if iters < 0 or iters > total:
+        raise ValueError(f"evaluate: {name}={iters} is outside the decoder's 0..{total} steps.")
+    return iters
+
+
+def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None):
+    """Runs the model over a batched dataset and gathers NumPy arrays.
+
+    Args:
+        model: `SetAutoEncoder` or `ImageToSet`.
+        dataset: Batched dicts with the model's inputs, `set_key` and `mask`.
+        set_key: Target set key ("set", "state" or "boxes").
+        iters_list: Inner step counts to keep (DSPN); ignored by baselines,
+            whose single step is reported under every count.
+        max_batches: Stop after this many batches.
+
+    Returns:
+        `{"pred": {iters: [images, N, C]}, "scores": {iters: [images, N]},
+        "target": [images, M, C], "target_mask": [images, M]}`.
+    """
+    iters_list = sorted({int(i) for i in iters_list})
+    largest = iters_list[-1]
+
+    @tf.function
+    def run(inputs):
+        out = model(inputs, iters=largest, training=False)
+        return out["sets"], out["masks"]
+
+    preds = {i: [] for i in iters_list}
+    scores = {i: [] for i in iters_list}
+    targets, target_masks = [], []
+    for b, batch in enumerate(dataset):
+        if max_batches is not None and b >= max_batches:
+            break
+        sets, masks = run(model_inputs(model, batch))
+        sets, masks = sets.numpy(), masks.numpy()
+        one_shot = sets.shape[0] == 1
+        for i in iters_list:
+            t = 0 if one_shot else _step_index(i, sets.shape[0] - 1, "iters")
+            preds[i].append(sets[t])
+            scores[i].append(masks[t])
+        targets.append(batch[set_key].numpy())
+        target_masks.append(batch["mask"].numpy())
+    if not targets:
+        raise ValueError("evaluate: the evaluation dataset is empty.")
+    return {
+        "pred": {i: np.concatenate(v) for i, v in preds.items()},
+        "scores": {i: np.concatenate(v) for i, v in scores.items()},
+        "target": np.concatenate(targets),
+        "target_mask": np.concatenate(target_masks),
+    }
+
+
+def chamfer_per_iters(predictions):
+    """Mean Chamfer loss of the final step, for each step count."""
+    out = {}
+    for i, pred in predictions["pred"].items():
+        loss = losses_lib.chamfer_loss(
+            pred, predictions["scores"][i], predictions["target"], predictions["target_mask"]
+        )
+        out[i] = float(loss)
+    return out
+
+
+def evaluate(model, dataset, *, set_key, iters_list, max_batches=None):
+    """Metrics of the task named by `set_key` at every step count.
+
+    Returns:
+        A JSON-friendly dict `{str(iters): {metric: value}}`: `chamfer` for
+        sets (set-MNIST); `ap_<t>` state AP for t in (inf, 1, 0.5, 0.25,
+        0.125); `ap_<t>` box AP at IoU 0.5 … 0.95; plus `num_examples`.
+    """
+    predictions = collect_predictions(model, dataset, set_key=set_key, iters_list=iters_list, max_batches=max_batches)
+    results = {}
+    if set_key == "set" or isinstance(model, SetAutoEncoder):
+        for i, value in chamfer_per_iters(predictions).items():
+            results[str(i)] = {"chamfer": value}
+    else:
+        for i in predictions["pred"]:
+            args = (predictions["pred"][i], predictions["scores"][i], predictions["target"], predictions["target_mask"])
+            if set_key == "state":
+                table = metrics.state_ap_table(*args, thresholds=STATE_THRESHOLDS)
+            elif set_key == "boxes":
+                table = metrics.box_ap_table(*args, thresholds=BOX_THRESHOLDS)
+            else:
+                raise ValueError(f"evaluate: unknown `set_key` {set_key!r}; expected 'set', 'state' or 'boxes'.")
+            results[str(i)] = {f"ap_{threshold_name(t)}": float(ap) for t, ap in table.items()}
+    for row in results.values():
+        row["num_examples"] = int(predictions["target"].shape[0])
+    return results
+
+
+def threshold_name(t):
+    """'inf', '1', '0.5', ... for summary tags and JSON keys."""
+    if np.isinf(t):
+        return "inf"
+    return f"{float(t):g}"
+
+
+def format_table(results, title=""):
+    """A plain-text table: one row per step count, one column per metric."""
+    rows = sorted(results.items(), key=lambda kv: int(kv[0]))
+    columns = [k for k in rows[0][1] if k != "num_examples"]
+    scale = {"chamfer": ("chamfer x1e3", 1e3)}
+    headers = ["iters"] + [scale.get(c, (c.replace("ap_", "AP "), None))[0] for c in columns]
+    lines = [title] if title else []
+    lines.append("  ".join(f"{h:>12}" for h in headers))
+    for iters, row in rows:
+        cells = [f"{iters:>12}"]
+        for c in columns:
+            factor = scale.get(c, (None, 100.0))[1]
+            cells.append(f"{row[c] * factor:>12.2f}")
+        lines.append("  ".join(cells))
+    if "chamfer" not in columns:
+        lines.append("(AP in %)")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""Losses of a whole model on a batch, and the distributed train step.
+
+The trainer side of the training loop (STYLE: Orbit): it owns the model, the
+optimizer and the loss settings, and builds one `tf.function` train step. The
+outer loop (steps, checkpoints, summaries, evaluation) lives in `train/`.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from dspn_tf import losses as losses_lib
+from dspn_tf.models import SetAutoEncoder
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """How a batch is scored.
+
+    Attributes:
+        set_key: Key of the target set in a batch: "set" (set-MNIST), "state"
+            or "boxes" (CLEVR).
+        loss: "chamfer" or "hungarian".
+        all_steps: Average the set loss over every decoder step (the paper's
+            text; the reference does this for Chamfer) or score the last
+            step only (the reference's Hungarian).
+        repr_lambda: Weight of `huber(g(target) - z)` (DSPN with an image
+            encoder: 0.1; 0 disables it).
+    """
+
+    set_key: str = "set"
+    loss: str = "chamfer"
+    all_steps: bool = True
+    repr_lambda: float = 0.0
+
+    def __post_init__(self):
+        if self.loss not in ("chamfer", "hungarian"):
+            raise ValueError(f"LossSettings: `loss` must be 'chamfer' or 'hungarian'; received {self.loss!r}.")
+        if self.repr_lambda < 0:
+            raise ValueError(f"LossSettings: `repr_lambda` must be >= 0; received {self.repr_lambda}.")
+
+
+def model_inputs(model, batch):
+    """The part of a batch dict that the model reads."""
+    if isinstance(model, SetAutoEncoder):
+        return {"set": batch["set"], "mask": batch["mask"]}
+    return batch["image"]
+
+
+def _set_encoder(model):
+    if isinstance(model, SetAutoEncoder):
+        return model.encoder if model.shares_encoder else None
+    return model.set_encoder
+
+
+def per_sample_losses(model, batch, settings, *, training, iters=None):
+    """Runs the model on a batch and scores it per sample.
+
+    Returns:
+        `(outputs, losses)`: the model's output dict and a dict of `[batch]`
+        tensors `loss`, `set_loss` and `repr_loss`.
+    """
+    outputs = model(model_inputs(model, batch), iters=iters, training=training)
+    target_set, target_mask = batch[settings.set_key], batch["mask"]
+    loss_fn = losses_lib.chamfer_loss if settings.loss == "chamfer" else losses_lib.hungarian_loss
+    kwargs = {} if settings.loss == "chamfer" else {"all_steps": settings.all_steps}
+    sets, masks = outputs["sets"], outputs["masks"]
+    if settings.loss == "chamfer" and not settings.all_steps:
+        sets, masks = sets[-1:], masks[-1:]
+    set_loss = loss_fn(sets, masks, target_set, target_mask, reduction="none", **kwargs)
+    repr_loss = tf.zeros_like(set_loss)
+    encoder = _set_encoder(model)
+    if settings.repr_lambda > 0 and encoder is not None:
+        # Neither side is stop-gradiented: this trains the image encoder
+        # towards g(target) and g towards the image embedding (SPEC §6).
+        target_z = encoder(target_set, target_mask, training=training)
+        repr_loss = losses_lib.repr_loss(target_z, outputs["z"], reduction="none")
+    return outputs, {"loss": set_loss + settings.repr_lambda * repr_loss, "set_loss": set_loss, "repr_loss": repr_loss}
+
+
+class Trainer:
+    """Owns model, optimizer and loss settings; builds the train step.
+
+    Args:
+        model: A `SetAutoEncoder` or `ImageToSet` built under `strategy.scope()`.
+        optimizer: A Keras optimizer created under the same scope.
+        settings: `LossSettings`.
+        global_batch_size: Examples per step over all replicas; per-replica
+            losses are divided by it so that summed replica gradients equal
+            the gradient of the global batch mean.
+        strategy: A `tf.distribute.Strategy` (default: the current one).
+        run_eagerly: Run the step without `tf.function` (debugging).
+        jit_compile: XLA-compile the step (the Hungarian assignment stays on
+            the host, so XLA only applies to Chamfer runs).
+    """
+
+    def __init__(self, model, optimizer, settings, *, global_batch_size, strategy=None,
+                 run_eagerly=False, jit_compile=False):
+        self.model = model
+        self.optimizer = optimizer
+        self.settings = settings
+        self.global_batch_size = int(global_batch_size)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.traces = 0
+        step = self._distributed_step
+        self.train_step = step if run_eagerly else tf.function(step, jit_compile=jit_compile or None)
+
+    def _replica_step(self, batch):
+        with tf.GradientTape() as tape:
+            outputs, losses = per_sample_losses(self.model, batch, self.settings, training=True)
+            scaled = tf.reduce_sum(losses["loss"]) / self.global_batch_size
+        variables = self.model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        metrics = {f"train/{k}": tf.reduce_sum(v) / self.global_batch_size for k, v in losses.items()}
+        # Per-step inner-loop statistics, summed over this replica's samples.
+        metrics["inner_loss"] = tf.reduce_sum(outputs["inner_losses"], axis=1) / self.global_batch_size
+        metrics["inner_grad_norm"] = tf.reduce_sum(outputs["grad_norms"], axis=1) / self.global_batch_size
+        return metrics
+
+    def _distributed_step(self, batch):
+        self.traces += 1  # Python side effect: counts traces, not calls.
+        per_replica = self.strategy.run(self._replica_step, args=(batch,))
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+

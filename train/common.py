@@ -1,0 +1,147 @@
+"""Flags shared by the entry points, and the functions that read them.
+
+Only `train/` reads flags: everything here turns FLAGS into plain arguments
+for the library (`dspn_tf.models.build_model`, the data builders).
+"""
+
+import os
+
+from absl import flags
+import tensorflow as tf
+
+from dspn_tf.data import clevr, clevr_mini, set_mnist
+from dspn_tf.models import build_model as build_model_from_args
+from dspn_tf.training import LossSettings
+
+FLAGS = flags.FLAGS
+
+# Data.
+flags.DEFINE_enum("dataset", "clevr_state", ["set_mnist", "clevr_state", "clevr_boxes"], "Task and dataset.")
+flags.DEFINE_string(
+    "data_source", "generated",
+    "Where the data comes from: 'generated' (CLEVR-format scenes rendered offline on first use and cached; "
+    "CLEVR tasks only), 'tfds', or a folder (MNIST IDX files, or a CLEVR_v1.0 folder).")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (for --data_source=tfds).")
+flags.DEFINE_string("cache_dir", None, "Cache for generated scenes and decoded images (default ~/.cache/dspn_tf).")
+flags.DEFINE_integer("generated_train", 5000, "Scenes generated for training (--data_source=generated).")
+flags.DEFINE_integer("generated_val", 500, "Scenes generated for evaluation (--data_source=generated).")
+flags.DEFINE_integer("image_size", 128, "Side of the square CLEVR input images.")
+flags.DEFINE_integer("max_train_examples", None, "Use only this many training examples (quick runs).")
+flags.DEFINE_integer("max_eval_examples", None, "Evaluate on at most this many examples.")
+flags.DEFINE_integer("shuffle_buffer", 1024, "Example shuffle buffer (kept in checkpoints).")
+
+# Model.
+flags.DEFINE_enum("decoder", "dspn", ["dspn", "mlp", "lstm"], "Set decoder.")
+flags.DEFINE_enum("set_encoder", None, ["fs", "rnfs"], "Set encoder (default: fs for set-MNIST, rnfs for CLEVR).")
+flags.DEFINE_enum("image_encoder", "conv", ["conv", "resnet34"], "Image encoder for CLEVR tasks.")
+flags.DEFINE_integer("dim", 256, "Hidden width of the set encoder.")
+flags.DEFINE_integer("latent", 64, "Embedding size.")
+flags.DEFINE_integer("decoder_dim", None, "Hidden width of the MLP / LSTM baselines (default: --dim).")
+flags.DEFINE_integer("iters", 10, "DSPN inner steps in training.")
+flags.DEFINE_float("inner_lr", 25.0, "DSPN per-sample inner step size (reference: 800 at batch 32 = 25).")
+flags.DEFINE_integer("n_pieces", 20, "FSPool pieces.")
+
+# Loss and optimisation.
+flags.DEFINE_enum("loss", None, ["chamfer", "hungarian"], "Set loss (default: chamfer for set-MNIST, else hungarian).")
+flags.DEFINE_bool(
+    "loss_all_steps", None,
+    "Average the set loss over all decoder steps (default: true for Chamfer, as the reference; false for "
+    "Hungarian, as the reference, whereas the paper's text says average).")
+flags.DEFINE_float("repr_lambda", None, "Weight of the representation loss (default 0.1 for DSPN on CLEVR, else 0).")
+flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+flags.DEFINE_integer("epochs", None, "Epochs to train (ignored if --train_steps is set).")
+flags.DEFINE_integer("train_steps", None, "Training steps.")
+
+# Run.
+flags.DEFINE_string("model_dir", "runs/default", "Run directory: checkpoints, TensorBoard logs (point TensorBoard here), results.")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling).")
+flags.DEFINE_bool("deterministic", False, "Deterministic TF ops (bit-exact resume; slower).")
+flags.DEFINE_bool("run_eagerly", False, "Run the train step eagerly (debugging).")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (Chamfer runs only).")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy.")
+flags.DEFINE_list("eval_iters", ["10", "20", "30"], "Inner step counts to evaluate the DSPN at.")
+
+
+def dataset_kind():
+    """(task, set_key, set_size, set_channels) of --dataset."""
+    if FLAGS.dataset == "set_mnist":
+        return "autoencoder", "set", set_mnist.MAX_SET_SIZE, 2
+    if FLAGS.dataset == "clevr_state":
+        return "image", "state", clevr.MAX_OBJECTS, clevr.STATE_DIM
+    return "image", "boxes", clevr.MAX_OBJECTS, clevr.BOX_DIM
+
+
+def cache_dir():
+    return FLAGS.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dspn_tf")
+
+
+def generated_clevr_folder():
+    """The generated CLEVR_v1.0 folder for the current flags, rendered on first use."""
+    name = f"clevr_mini_seed{FLAGS.seed}_train{FLAGS.generated_train}_val{FLAGS.generated_val}"
+    parent = os.path.join(cache_dir(), name)
+    folder = os.path.join(parent, "CLEVR_v1.0")
+    if not os.path.isdir(folder):
+        print(f"Generating {FLAGS.generated_train} + {FLAGS.generated_val} CLEVR-format scenes in {parent} ...",
+              flush=True)
+        clevr_mini.generate(parent, num_train=FLAGS.generated_train, num_val=FLAGS.generated_val, seed=FLAGS.seed)
+    return folder
+
+
+def build_split(split):
+    """Unbatched dataset of the split ("train" or "eval")."""
+    if FLAGS.dataset == "set_mnist":
+        if FLAGS.data_source == "generated":
+            raise ValueError("--data_source=generated is for CLEVR tasks; set-MNIST needs an IDX folder or 'tfds'.")
+        return set_mnist.build_dataset(
+            FLAGS.data_source, "train" if split == "train" else "test",
+            shuffle_elements=True, seed=FLAGS.seed, data_dir=FLAGS.tfds_data_dir)
+    source = generated_clevr_folder() if FLAGS.data_source == "generated" else FLAGS.data_source
+    return clevr.build_dataset(
+        source, "train" if split == "train" else "val",
+        image_size=FLAGS.image_size,
+        cache_dir=os.path.join(cache_dir(), "images"),
+        with_boxes=FLAGS.dataset == "clevr_boxes",
+        data_dir=FLAGS.tfds_data_dir,
+    )
+
+
+def loss_settings():
+    _, set_key, _, _ = dataset_kind()
+    loss = FLAGS.loss or ("chamfer" if FLAGS.dataset == "set_mnist" else "hungarian")
+    all_steps = FLAGS.loss_all_steps if FLAGS.loss_all_steps is not None else loss == "chamfer"
+    repr_lambda = FLAGS.repr_lambda
+    if repr_lambda is None:
+        repr_lambda = 0.1 if (FLAGS.decoder == "dspn" and FLAGS.dataset != "set_mnist") else 0.0
+    return LossSettings(set_key=set_key, loss=loss, all_steps=all_steps, repr_lambda=repr_lambda)
+
+
+def build_model(flags_values=None):
+    """The model the flags describe, built (variables exist) and ready to restore."""
+    f = flags_values or FLAGS
+    task, _, set_size, set_channels = dataset_kind()
+    model = build_model_from_args(
+        task, decoder=f.decoder, set_size=set_size, set_channels=set_channels, dim=f.dim, latent=f.latent,
+        decoder_dim=f.decoder_dim, set_encoder=f.set_encoder, image_encoder=f.image_encoder, iters=f.iters,
+        inner_lr=f.inner_lr, n_pieces=f.n_pieces)
+    # Build every variable now, so a checkpoint restores into them directly.
+    if task == "autoencoder":
+        model({"set": tf.zeros([1, set_size, set_channels]), "mask": tf.zeros([1, set_size])}, iters=0)
+    else:
+        model(tf.zeros([1, f.image_size, f.image_size, 3]), iters=0)
+    return model
+
+
+def make_strategy():
+    if FLAGS.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if FLAGS.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def eval_iters():
+    values = sorted({int(v) for v in FLAGS.eval_iters})
+    if FLAGS.decoder != "dspn":
+        return values[:1]
+    return values

@@ -1,0 +1,210 @@
+r"""Trains a DSPN (or a baseline decoder) and evaluates it.
+
+    python -m train.train --flagfile=configs/clevr_mini_state_dspn.cfg [--flag=value ...]
+
+Restarting the same command resumes from the newest checkpoint in --model_dir.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dspn_tf import evaluation, visualize
+from dspn_tf.data import clevr
+from dspn_tf.training import Trainer, model_inputs
+from train import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every this many steps (and at the end).")
+flags.DEFINE_integer("log_every", 20, "Write train scalars every this many steps.")
+flags.DEFINE_integer("image_every", 500, "Write pictures every this many steps (0: only at the end).")
+flags.DEFINE_integer("eval_every", 0, "Evaluate every this many steps (0: only at the end).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.")
+flags.DEFINE_bool("progress", True, "Show a progress bar with ETA.")
+flags.DEFINE_bool("evaluate_at_end", True, "Evaluate after training and write eval_results.json.")
+flags.DEFINE_integer("nan_at_step", None, "Testing aid: inject a NaN loss at this step to exercise the guard.")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _batches(dataset, batch_size, shuffle, seed):
+    if shuffle:
+        dataset = dataset.shuffle(FLAGS.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat()
+    # Training batches are full so every step has the same shape (one trace).
+    dataset = dataset.batch(batch_size, drop_remainder=shuffle)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _train_data(num_replicas):
+    ds = common.build_split("train")
+    if FLAGS.max_train_examples:
+        ds = ds.take(FLAGS.max_train_examples)
+    size = int(ds.cardinality())
+    if size < 0:
+        size = int(ds.reduce(0, lambda n, _: n + 1))
+    if FLAGS.batch_size % num_replicas:
+        raise ValueError(f"--batch_size={FLAGS.batch_size} must be divisible by the {num_replicas} replicas.")
+    if size < FLAGS.batch_size:
+        raise ValueError(f"The training split has {size} examples, fewer than --batch_size={FLAGS.batch_size}.")
+    return _batches(ds, FLAGS.batch_size, True, FLAGS.seed), size
+
+
+def _eval_data():
+    ds = common.build_split("eval")
+    if FLAGS.max_eval_examples:
+        ds = ds.take(FLAGS.max_eval_examples)
+    return _batches(ds, FLAGS.batch_size, False, None)
+
+
+def _total_steps(train_size):
+    if FLAGS.train_steps:
+        return FLAGS.train_steps
+    if FLAGS.epochs:
+        return FLAGS.epochs * (train_size // FLAGS.batch_size)
+    raise ValueError("Set --train_steps or --epochs.")
+
+
+def _write_pictures(model, batch, step):
+    """Progression pictures of the first examples of a fixed batch."""
+    settings = common.loss_settings()
+    out = model(model_inputs(model, batch), training=False)
+    sets, masks = out["sets"].numpy(), out["masks"].numpy()
+    target, target_mask = batch[settings.set_key].numpy(), batch["mask"].numpy()
+    count = min(4, sets.shape[1])
+    if settings.set_key == "set":
+        rows = [visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i]) for i in range(count)]
+        tf.summary.image("progression/sets", np.stack(rows), step=step, max_outputs=count)
+        return
+    images = batch["image"].numpy()
+    if settings.set_key == "boxes":
+        rows = [visualize.boxes_progression(images[i], sets[:, i], masks[:, i], target[i], target_mask[i])
+                for i in range(count)]
+        tf.summary.image("progression/boxes", np.stack(rows), step=step, max_outputs=count)
+    else:
+        tables = [visualize.state_table(sets[-1, i], masks[-1, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+                  for i in range(count)]
+        tf.summary.text("progression/states", "\n\n".join(tables), step=step)
+        tf.summary.image("progression/images", images[:count], step=step, max_outputs=count)
+
+
+def _write_eval(writer, results, step):
+    with writer.as_default(step=step):
+        for iters, row in results.items():
+            for name, value in row.items():
+                if name != "num_examples":
+                    tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
+
+
+def run_evaluation(model, writer, step):
+    settings = common.loss_settings()
+    results = evaluation.evaluate(model, _eval_data(), set_key=settings.set_key, iters_list=common.eval_iters())
+    _write_eval(writer, results, step)
+    return results
+
+
+def main(argv):
+    del argv
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(FLAGS.seed)
+    strategy = common.make_strategy()
+    settings = common.loss_settings()
+    os.makedirs(FLAGS.model_dir, exist_ok=True)
+    with open(os.path.join(FLAGS.model_dir, "flags.txt"), "w") as f:
+        f.write(FLAGS.flags_into_string())
+
+    train_ds, train_size = _train_data(strategy.num_replicas_in_sync)
+    total_steps = _total_steps(train_size)
+    with strategy.scope():
+        model = common.build_model()
+        optimizer = keras.optimizers.Adam(FLAGS.learning_rate, epsilon=1e-8)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds)) if strategy.num_replicas_in_sync > 1 \
+        else iter(train_ds)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, iterator=iterator)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(FLAGS.model_dir, "checkpoints"),
+                                         max_to_keep=FLAGS.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        print(f"Resumed from {manager.latest_checkpoint} at step {int(step)}.", flush=True)
+    trainer = Trainer(model, optimizer, settings, global_batch_size=FLAGS.batch_size, strategy=strategy,
+                      run_eagerly=FLAGS.run_eagerly, jit_compile=FLAGS.jit_compile)
+    train_writer = tf.summary.create_file_writer(os.path.join(FLAGS.model_dir, "train"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(FLAGS.model_dir, "eval"))
+    picture_batch = next(iter(_eval_data()))
+
+    print(f"Training {FLAGS.decoder} on {FLAGS.dataset} ({train_size} examples) for {total_steps} steps.", flush=True)
+    progbar = keras.utils.Progbar(total_steps, stateful_metrics=["loss"], verbose=1 if FLAGS.progress else 0)
+    progbar.update(int(step))
+    start, first_step = time.time(), int(step)
+    running = None
+    while int(step) < total_steps:
+        values = trainer.train_step(next(iterator))
+        loss = float(values["train/loss"])
+        if FLAGS.nan_at_step is not None and int(step) + 1 == FLAGS.nan_at_step:
+            loss = float("nan")
+        if not math.isfinite(loss):
+            # The update of this step is not saved: the newest checkpoint on
+            # disk is the last good state.
+            raise NonFiniteLossError(
+                f"The loss became {loss} at step {int(step) + 1}; stopping. The last good checkpoint is "
+                f"{manager.latest_checkpoint or '(none yet)'} and was left untouched.")
+        step.assign_add(1)
+        current = int(step)
+        running = loss if running is None else 0.98 * running + 0.02 * loss
+        progbar.update(current, values=[("loss", running)])
+        if current % FLAGS.log_every == 0 or current == total_steps:
+            with train_writer.as_default(step=current):
+                for name in ("train/loss", "train/set_loss", "train/repr_loss"):
+                    tf.summary.scalar(name, values[name])
+                for t, (inner, norm) in enumerate(zip(values["inner_loss"].numpy(), values["inner_grad_norm"].numpy())):
+                    tf.summary.scalar(f"inner/loss_step_{t}", inner)
+                    tf.summary.scalar(f"inner/grad_norm_step_{t}", norm)
+                lr = optimizer.learning_rate
+                tf.summary.scalar("train/learning_rate", lr(optimizer.iterations) if callable(lr) else lr)
+        if (FLAGS.image_every and current % FLAGS.image_every == 0) or current == total_steps:
+            with train_writer.as_default(step=current):
+                _write_pictures(model, picture_batch, current)
+        if current % FLAGS.checkpoint_every == 0 or current == total_steps:
+            manager.save(checkpoint_number=current)
+        if FLAGS.eval_every and current % FLAGS.eval_every == 0 and current < total_steps:
+            run_evaluation(model, eval_writer, current)
+    elapsed = time.time() - start
+    steps_run = int(step) - first_step
+    if steps_run:
+        print(f"Trained {steps_run} steps in {elapsed:.1f} s ({elapsed / steps_run:.3f} s/step); "
+              f"{trainer.traces} trace(s) of the train step.", flush=True)
+    if not FLAGS.evaluate_at_end:
+        return
+    results = run_evaluation(model, eval_writer, int(step))
+    path = os.path.join(FLAGS.model_dir, "eval_results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"dataset": FLAGS.dataset, "decoder": FLAGS.decoder, "step": int(step), "results": results},
+                  f, indent=2)
+    os.replace(path + ".tmp", path)
+    title = f"{FLAGS.decoder} on {FLAGS.dataset}, step {int(step)}, {next(iter(results.values()))['num_examples']} eval examples"
+    print(evaluation.format_table(results, title))
+    print(f"Results written to {path}")
+
+
+def run():
+    try:
+        app.run(main)
+    except NonFiniteLossError as e:
+        logging.error("%s", e)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    run()
