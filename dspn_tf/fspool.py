@@ -76,6 +76,9 @@ class FSPool(keras.layers.Layer):
             raise ValueError(f"FSPool: `n_pieces` must be an integer >= 1; received n_pieces={n_pieces!r}.")
         self.n_pieces = n_pieces
         self.channels = None
+        # The layer consumes the mask (like GlobalAveragePooling1D): Keras then
+        # passes an upstream mask in and does not warn that it was dropped.
+        self.supports_masking = True
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -133,6 +136,9 @@ class FSPool(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
+
+    def compute_mask(self, inputs, mask=None):
+        return None  # The pooled output has no set axis left to mask.
 
     def get_config(self):
         return {**super().get_config(), "n_pieces": self.n_pieces}
