@@ -21,6 +21,7 @@ Output is a pure function of the seed: each scene draws from its own
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -177,6 +178,9 @@ def _renderer():
 def _local_frame(obj):
     """Centre and rotation (world->local about z) of an object."""
     x, y, z = obj["3d_coords"]
+    if obj["shape"] == "cube":
+        # CLEVR records z = r for cubes too, but the cube rests on the floor.
+        z = CUBE_HALF_SIDE * z
     theta = np.radians(obj["rotation"])
     c, s = np.cos(theta), np.sin(theta)
     rot = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
@@ -261,6 +265,20 @@ def _intersect(obj, origins, dirs, normals=True):
         normal[hit] = n
     # Local -> world normals (rot is orthonormal).
     return t, normal @ rot
+
+
+def _object_corners(obj, grow=1.0):
+    """World corners [8, 3] of a box enclosing the object (its projection
+    bounds the silhouette more tightly than a bounding sphere's)."""
+    centre, rot = _local_frame(obj)
+    r = SIZES[obj["size"]]
+    half = {"cube": (CUBE_HALF_SIDE * r,) * 3, "sphere": (r, r, r),
+            "cylinder": (CYLINDER_RADIUS * r, CYLINDER_RADIUS * r, r)}[obj["shape"]]
+    local = _UNIT_CORNERS * np.array(half) * grow
+    return centre + local @ rot
+
+
+_UNIT_CORNERS = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
 
 
 def _bounding_radius(obj):
@@ -355,14 +373,11 @@ def render_scene(scene):
     lit = np.ones((HEIGHT, WIDTH), np.float32)
     region = None  # Union of the shadow boxes.
     for obj in objects:
-        centre = np.array(obj["3d_coords"])
-        rb = _bounding_radius(obj)
-        # The shadow spans from the object's base to where its top's shadow
-        # lands; cover both with a margin for the blur.
-        reach = (centre[2] + rb) / rd.key[2]
-        tip = centre - rd.key * reach
-        foot = np.array([[*c[:2], 0.0] for c in (centre, tip)])
-        pts = np.concatenate([_sphere_corners(p, rb * 1.2) * [1, 1, 0] for p in foot])
+        # The shadow lies between the object's footprint and where its
+        # corners' shadows land; the box pad leaves room for the blur.
+        corners = _object_corners(obj, grow=1.1)
+        pts = np.concatenate([corners, corners - rd.key * (corners[:, 2:] / rd.key[2])])
+        pts[:, 2] = 0.0
         box = _screen_box(rd, pts, pad=4 * _SHADOW_BLUR + 2)
         if box is None:
             continue
@@ -389,8 +404,7 @@ def render_scene(scene):
     depth = np.full((HEIGHT, WIDTH), np.inf, np.float32)
     ids = np.full((HEIGHT, WIDTH), -1, np.int8)
     for index, obj in enumerate(objects):
-        centre = np.array(obj["3d_coords"])
-        box = _screen_box(rd, _sphere_corners(centre, _bounding_radius(obj)))
+        box = _screen_box(rd, _object_corners(obj))
         if box is None:
             continue
         x0, x1, y0, y1 = box
@@ -425,20 +439,23 @@ def _relationships(objects, directions):
 def _sample_objects(rng, directions):
     """CLEVR-style rejection sampling of object positions; None if stuck."""
     count = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
-    right = np.array(directions["right"][:2])
-    behind = np.array(directions["behind"][:2])
+    rx, ry = directions["right"][:2]
+    bx, by = directions["behind"][:2]
+    size_names, color_names = list(SIZES), list(COLORS)
     placed = []
+    # Plain floats: this loop is called thousands of times per scene batch and
+    # NumPy's per-call overhead dominated it.
     for _ in range(count):
-        size = str(rng.choice(list(SIZES)))
+        size = size_names[int(rng.integers(len(size_names)))]
         r = SIZES[size]
         for _attempt in range(50):
-            xy = rng.uniform(-3, 3, size=2)
+            x, y = (float(v) for v in rng.uniform(-3, 3, size=2))
             ok = True
-            for other in placed:
-                delta = xy - np.array(other["3d_coords"][:2])
-                rr = SIZES[other["size"]]
-                if (np.linalg.norm(delta) - r - rr < MIN_DIST
-                        or abs(delta @ right) < MARGIN or abs(delta @ behind) < MARGIN):
+            for ox, oy, orad in ((o["3d_coords"][0], o["3d_coords"][1], SIZES[o["size"]])
+                                 for o in placed):
+                dx, dy = x - ox, y - oy
+                if (math.hypot(dx, dy) - r - orad < MIN_DIST
+                        or abs(dx * rx + dy * ry) < MARGIN or abs(dx * bx + dy * by) < MARGIN):
                     ok = False
                     break
             if ok:
@@ -446,12 +463,12 @@ def _sample_objects(rng, directions):
         else:
             return None
         placed.append({
-            "color": str(rng.choice(list(COLORS))),
+            "color": color_names[int(rng.integers(len(color_names)))],
             "size": size,
             "rotation": float(rng.uniform(0, 360)),
-            "shape": str(rng.choice(SHAPES)),
-            "3d_coords": [float(xy[0]), float(xy[1]), r],
-            "material": str(rng.choice(MATERIALS)),
+            "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+            "3d_coords": [x, y, r],
+            "material": MATERIALS[int(rng.integers(len(MATERIALS)))],
         })
     return placed
 
