@@ -57,10 +57,11 @@ class FSEncoder(keras.layers.Layer):
         self.latent = latent
         self.n_pieces = n_pieces
         self.features = None
-        self.hidden1 = keras.layers.Dense(dim, activation="relu", name="hidden1")
-        self.hidden2 = keras.layers.Dense(dim, activation="relu", name="hidden2")
-        self.project = keras.layers.Dense(latent, name="project")
-        self.pool = FSPool(n_pieces, name="pool")
+        self.supports_masking = True  # The mask is consumed (an input feature); see compute_mask.
+        self.hidden1 = keras.layers.Dense(dim, activation="relu", name="hidden1", dtype=self.dtype_policy)
+        self.hidden2 = keras.layers.Dense(dim, activation="relu", name="hidden2", dtype=self.dtype_policy)
+        self.project = keras.layers.Dense(latent, name="project", dtype=self.dtype_policy)
+        self.pool = FSPool(n_pieces, name="pool", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.features = int(input_shape[-1])
@@ -83,6 +84,9 @@ class FSEncoder(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.latent)
+
+    def compute_mask(self, inputs, mask=None):
+        return None  # The embedding has no set axis left to mask.
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "latent": self.latent, "n_pieces": self.n_pieces}
@@ -121,8 +125,9 @@ class RNFSEncoder(keras.layers.Layer):
         self.latent = latent
         self.n_pieces = n_pieces
         self.features = None
-        self.project = keras.layers.Dense(latent, name="project")
-        self.pool = FSPool(n_pieces, name="pool")
+        self.supports_masking = True  # The mask is consumed (an input feature); see compute_mask.
+        self.project = keras.layers.Dense(latent, name="project", dtype=self.dtype_policy)
+        self.pool = FSPool(n_pieces, name="pool", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.features = int(input_shape[-1])
@@ -156,6 +161,9 @@ class RNFSEncoder(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.latent)
+
+    def compute_mask(self, inputs, mask=None):
+        return None  # The embedding has no set axis left to mask.
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "latent": self.latent, "n_pieces": self.n_pieces}
