@@ -495,10 +495,11 @@ def _folder_dataset(source, split, *, image_size, use_cache, cache_dir,
 
 
 def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
-                  max_objects, skip_oversized, with_boxes):
+                  max_objects, skip_oversized, with_boxes,
+                  tfds_name):
   import tensorflow_datasets as tfds  # Deferred: slow to import, optional path.
 
-  builder = tfds.builder("clevr", data_dir=data_dir)
+  builder = tfds.builder(tfds_name, data_dir=data_dir)
   split = {"val": "validation"}.get(split, split)
   object_features = builder.info.features["objects"]
   # TFDS numbers the attribute values in its own order; map them to SPEC's.
@@ -586,6 +587,7 @@ def build_dataset(source,
                   allow_approximate_boxes=False,
                   with_boxes=True,
                   data_dir=None,
+                  tfds_name="clevr",
                   max_objects=MAX_OBJECTS,
                   shuffle=False,
                   seed=None):
@@ -610,6 +612,8 @@ def build_dataset(source,
     with_boxes: include "boxes". From TFDS, pass False for the state task
       alone, or allow_approximate_boxes=True.
     data_dir: TFDS data directory.
+    tfds_name: TFDS name, with a version if wanted ("clevr:3.0.0" skips the
+      question/answer text of 3.1.0).
     max_objects: padded set size.
     shuffle: shuffle examples (buffer of 1000) on every pass.
     seed: shuffle seed.
@@ -633,7 +637,7 @@ def build_dataset(source,
         split, image_size=image_size, use_cache=use_cache, cache_dir=cache_dir,
         data_dir=data_dir, max_objects=max_objects,
         skip_oversized=skip_oversized,
-        with_boxes=with_boxes)
+        with_boxes=with_boxes, tfds_name=tfds_name)
   else:
     images, labels = _folder_dataset(
         source, split, image_size=image_size, use_cache=use_cache,
