@@ -5,7 +5,9 @@ import tensorflow as tf
 
 # PyTorch's BatchNorm defaults, which the reference was trained with. Keras'
 # momentum weighs the old running value, so PyTorch's 0.1 is Keras' 0.9.
-_BN = {"epsilon": 1e-5, "momentum": 0.9}
+# Synchronised statistics make a multi-replica step equal a one-device step
+# on the same global batch (no effect without a distribution strategy).
+_BN = {"epsilon": 1e-5, "momentum": 0.9, "synchronized": True}
 
 
 def _conv(filters, kernel, stride, padding, use_bias, name):
