@@ -60,6 +60,15 @@ flags.DEFINE_bool("deterministic", False, "Deterministic TF ops (bit-exact resum
 flags.DEFINE_bool("run_eagerly", False, "Run the train step eagerly (debugging).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (Chamfer runs only).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy.")
+# Loop cadence (read by train.train; defined here so one flagfile serves every entry point).
+flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every this many steps (and at the end).")
+flags.DEFINE_integer("log_every", 20, "Write train scalars every this many steps.")
+flags.DEFINE_integer("image_every", 500, "Write pictures every this many steps (0: only at the end).")
+flags.DEFINE_integer("eval_every", 0, "Evaluate every this many steps (0: only at the end).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.")
+flags.DEFINE_bool("progress", True, "Show a progress bar with ETA.")
+flags.DEFINE_bool("evaluate_at_end", True, "Evaluate after training and write eval_results.json.")
+flags.DEFINE_integer("nan_at_step", None, "Testing aid: inject a NaN loss at this step to exercise the guard.")
 flags.DEFINE_list("eval_iters", ["10", "20", "30"], "Inner step counts to evaluate the DSPN at.")
 
 

@@ -22,14 +22,7 @@ from dspn_tf.training import Trainer, model_inputs
 from train import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every this many steps (and at the end).")
-flags.DEFINE_integer("log_every", 20, "Write train scalars every this many steps.")
-flags.DEFINE_integer("image_every", 500, "Write pictures every this many steps (0: only at the end).")
-flags.DEFINE_integer("eval_every", 0, "Evaluate every this many steps (0: only at the end).")
-flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.")
-flags.DEFINE_bool("progress", True, "Show a progress bar with ETA.")
-flags.DEFINE_bool("evaluate_at_end", True, "Evaluate after training and write eval_results.json.")
-flags.DEFINE_integer("nan_at_step", None, "Testing aid: inject a NaN loss at this step to exercise the guard.")
+
 
 
 class NonFiniteLossError(RuntimeError):
