@@ -150,6 +150,10 @@ class DSPN(keras.layers.Layer):
         iters = tf.convert_to_tensor(iters, tf.int32)
         if iters.shape.rank != 0:
             raise ValueError(f"DSPN: `iters` must be a scalar; received shape {iters.shape}.")
+        static = tf.get_static_value(iters)
+        if static is not None and static < 0:
+            # Known now (eager, or a constant in a graph): the same ValueError as a Python int.
+            raise ValueError(f"DSPN: `iters` must be an integer >= 0; received iters={int(static)}.")
         check = tf.debugging.assert_non_negative(iters, message="DSPN: `iters` must be >= 0")
         with tf.control_dependencies([check]):
             iters = tf.identity(iters)
