@@ -281,15 +281,6 @@ def _object_corners(obj, grow=1.0):
 _UNIT_CORNERS = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
 
 
-def _bounding_radius(obj):
-    r = SIZES[obj["size"]]
-    if obj["shape"] == "cube":
-        return r * np.sqrt(2 * CUBE_HALF_SIDE ** 2 + 1)
-    if obj["shape"] == "cylinder":
-        return r * np.sqrt(CYLINDER_RADIUS ** 2 + 1)
-    return r
-
-
 def _screen_box(renderer, points, pad=2):
     """Integer pixel box [x0, x1) × [y0, y1) covering projected points, or None."""
     q = renderer.camera.project(points)
@@ -317,11 +308,6 @@ def _box_blur(a, radius):
     np.cumsum(a, axis=1, out=c[:, radius + 1:w + radius + 1])
     c[:, w + radius + 1:] = c[:, w + radius:w + radius + 1]
     return (c[:, k:] - c[:, :w]) / k
-
-
-def _sphere_corners(centre, radius):
-    offs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)])
-    return centre + radius * offs
 
 
 # ----------------------------------------------------------------------------
