@@ -13,11 +13,12 @@ import tensorflow as tf
 
 def huber(x, delta=1.0):
     """Elementwise Huber / smooth-L1: 0.5 x² for |x| < delta, else delta (|x| - delta / 2)."""
-    a = tf.abs(x)
-    q = tf.minimum(a, delta)
     # Written without a branch so that it is twice differentiable everywhere
-    # the reference's smooth_l1 is.
-    return 0.5 * q * q + delta * (a - q)
+    # the reference's smooth_l1 is. The quadratic part is taken on the clipped
+    # signed value, not on min(|x|, delta): |x| has derivative sign(0) = 0 at 0,
+    # which made the second derivative at x = 0 come out 0 instead of 1.
+    q = tf.clip_by_value(x, -delta, delta)
+    return 0.5 * q * q + delta * (tf.abs(x) - tf.abs(q))
 
 
 def _with_mask(sets, masks):
@@ -27,16 +28,16 @@ def _with_mask(sets, masks):
 def _as_steps(sets, masks, name):
     sets = tf.convert_to_tensor(sets)
     masks = tf.convert_to_tensor(masks, dtype=sets.dtype)
+    received = f"received set shape {sets.shape} and mask shape {masks.shape}"  # Before adding a step axis.
     if sets.shape.rank == 3:
         sets, masks = sets[None], masks[None]
     if sets.shape.rank != 4 or masks.shape.rank != 3:
         raise ValueError(
             f"{name}: predictions must be [batch, n, C] with mask [batch, n], or "
-            f"[steps, batch, n, C] with mask [steps, batch, n]; received set shape "
-            f"{sets.shape} and mask shape {masks.shape}."
+            f"[steps, batch, n, C] with mask [steps, batch, n]; {received}."
         )
     if not masks.shape.is_compatible_with(sets.shape[:3]):
-        raise ValueError(f"{name}: predicted mask shape {masks.shape} does not match set shape {sets.shape}.")
+        raise ValueError(f"{name}: the predicted mask does not match the predicted set; {received}.")
     return sets, masks
 
 
