@@ -57,9 +57,9 @@ class MLPDecoder(keras.layers.Layer):
         self.set_channels = set_channels
         self.dim = dim
         self.latent = None
-        self.hidden1 = keras.layers.Dense(dim, activation="relu", name="hidden1")
-        self.hidden2 = keras.layers.Dense(dim, activation="relu", name="hidden2")
-        self.output_layer = keras.layers.Dense(set_size * (set_channels + 1), name="output")
+        self.hidden1 = keras.layers.Dense(dim, activation="relu", name="hidden1", dtype=self.dtype_policy)
+        self.hidden2 = keras.layers.Dense(dim, activation="relu", name="hidden2", dtype=self.dtype_policy)
+        self.output_layer = keras.layers.Dense(set_size * (set_channels + 1), name="output", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.latent = input_shape[-1]
@@ -106,9 +106,9 @@ class LSTMDecoder(keras.layers.Layer):
         self.set_channels = set_channels
         self.dim = dim
         self.latent = None
-        self.cell_init = keras.layers.Dense(dim, name="cell_init")
-        self.lstm = keras.layers.LSTM(dim, return_sequences=True, name="lstm")
-        self.output_layer = keras.layers.Dense(set_channels + 1, name="output")
+        self.cell_init = keras.layers.Dense(dim, name="cell_init", dtype=self.dtype_policy)
+        self.lstm = keras.layers.LSTM(dim, return_sequences=True, name="lstm", dtype=self.dtype_policy)
+        self.output_layer = keras.layers.Dense(set_channels + 1, name="output", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.latent = input_shape[-1]
