@@ -78,12 +78,77 @@ def _reduce(per_sample, reduction):
     raise ValueError(f"`reduction` must be 'mean' or 'none'; received {reduction!r}.")
 
 
+@tf.function(jit_compile=True)
+def _nearest(pred, target):
+    """For `[k, n, F]` pred and `[k, m, F]` target: each target's nearest pred and vice versa.
+
+    XLA fuses the Huber cost into the two min/argmin reductions, so the
+    `[k, n, m]` cost matrix is never built from many full-size temporaries
+    (8 elementwise passes over `[k, n, m, F]` without fusion: 7× slower on CPU).
+
+    Returns:
+        `(min_over_pred [k, m], argmin_over_pred [k, m], min_over_target [k, n],
+        argmin_over_target [k, n])`.
+    """
+    features = pred.shape[-1]
+    cost = 0.0
+    for f in range(features):  # Shape: [k, n, m] per feature, never [k, n, m, F].
+        cost += huber(pred[:, :, None, f] - target[:, None, :, f])
+    cost = cost / features
+    return (
+        tf.reduce_min(cost, axis=1),
+        tf.argmin(cost, axis=1, output_type=tf.int32),
+        tf.reduce_min(cost, axis=2),
+        tf.argmin(cost, axis=2, output_type=tf.int32),
+    )
+
+
+def _huber_grad(x, delta=1.0):
+    return tf.clip_by_value(x, -delta, delta)
+
+
+@tf.custom_gradient
+def _chamfer_pairs(pred, target):
+    """Per-sample Chamfer `mean_j min_i d + mean_i min_j d` of `[k, n, F]` / `[k, m, F]`.
+
+    The gradient of a min is the gradient of the chosen entry, so the
+    backward pass only gathers the matched pairs (`[k, m, F]` and `[k, n, F]`)
+    instead of back-propagating through the whole cost matrix. At an exact
+    tie the first index gets the gradient (`tf.reduce_min` would split it
+    between the tied entries; for the identical zero vectors of padded
+    targets both give the same gradient to the predictions).
+    """
+    min_i, arg_i, min_j, arg_j = _nearest(pred, target)
+    value = tf.reduce_mean(min_i, axis=1) + tf.reduce_mean(min_j, axis=1)  # Shape: [k].
+
+    def grad(upstream):
+        dtype = pred.dtype
+        n, m = tf.shape(pred)[1], tf.shape(target)[1]
+        features = tf.cast(tf.shape(pred)[2], dtype)
+        up = upstream[:, None, None]
+        # Term mean_j min_i: target j pulls on its nearest prediction arg_i[j].
+        g_to = _huber_grad(tf.gather(pred, arg_i, batch_dims=1) - target) * (
+            up / (features * tf.cast(m, dtype)))  # Shape: [k, m, F].
+        # Term mean_i min_j: prediction i pulls on its nearest target arg_j[i].
+        g_from = _huber_grad(pred - tf.gather(target, arg_j, batch_dims=1)) * (
+            up / (features * tf.cast(n, dtype)))  # Shape: [k, n, F].
+        # Scatter-adds written as one-hot matmuls: deterministic on every device.
+        to_pred = tf.one_hot(arg_i, n, dtype=dtype)  # Shape: [k, m, n].
+        to_target = tf.one_hot(arg_j, m, dtype=dtype)  # Shape: [k, n, m].
+        d_pred = tf.linalg.matmul(to_pred, g_to, transpose_a=True) + g_from
+        d_target = -g_to - tf.linalg.matmul(to_target, g_from, transpose_a=True)
+        return d_pred, d_target
+
+    return value, grad
+
+
 def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, reduction="mean"):
     """Chamfer loss averaged over decoder steps (set-MNIST; SPEC §6).
 
     Per sample and step: `mean_j min_i d(i, j) + mean_i min_j d(i, j)` with d
     the feature-mean Huber cost of `[set, mask]` vectors. The cost is built one
-    step at a time so that memory is `[batch, n, m, F]`, never 5-D.
+    step at a time inside one fused XLA kernel, so memory is `[batch, n, m]`,
+    never 5-D, and the gradient touches only the matched pairs.
 
     Args:
         pred_sets: `[steps, batch, n, C]` or `[batch, n, C]`.
@@ -103,8 +168,7 @@ def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, reduction="mean
 
     def one_step(args):
         s, m = args
-        cost = pairwise_cost(_with_mask(s, m), target)  # Shape: [batch, n, m].
-        return tf.reduce_mean(tf.reduce_min(cost, axis=1), axis=1) + tf.reduce_mean(tf.reduce_min(cost, axis=2), axis=1)
+        return _chamfer_pairs(_with_mask(s, m), target)  # Shape: [batch].
 
     steps = pred_sets.shape[0]
     if steps is not None:

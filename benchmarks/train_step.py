@@ -1,0 +1,177 @@
+r"""Training-step time, examples/s and peak memory at the paper's configs.
+
+    python benchmarks/train_step.py                      # every config and decoder, table + JSON
+    python benchmarks/train_step.py --config=set_mnist --decoder=dspn --repeats=10
+    python benchmarks/train_step.py --config=set_mnist --jit_compile
+
+Configs (SPEC §9), batch 32, random batches (data loading is not timed; see
+input_pipeline.py):
+
+- set_mnist: N 342 × 2, FSEncoder dim 256 latent 64, DSPN 10 steps lr 25,
+  Chamfer over all 11 steps, Adam 1e-2. MLP baseline: decoder dim 256.
+- clevr_decoder: the CLEVR-state set decoder alone: N 10 × 18, RNFSEncoder
+  dim 512 latent 512, 10 steps, Hungarian on the final step + 0.1 × repr
+  loss, Adam 3e-4. The "image" is a 512-d random feature vector and the image
+  encoder a Dense(512), so z is an input-driven trainable embedding.
+- clevr_resnet: full CLEVR state, ResNet34 image encoder at 128×128.
+
+Every step is the library's own `Trainer.train_step` (the `tf.function` that
+`train/train.py` runs), so the numbers are what users get. Each (config,
+decoder) runs in a fresh process so that peak RSS is its own.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+CONFIGS = ("set_mnist", "clevr_decoder", "clevr_resnet")
+DECODERS = ("dspn", "mlp")
+BATCH = 32
+
+
+def random_batch(config, batch_size, seed=0, image_size=128):
+    """A batch shaped like the config's data: sets with 32..N real elements first."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    if config == "set_mnist":
+        n, c, low = 342, 2, 32
+    else:
+        n, c, low = 10, 18, 3
+    sizes = rng.integers(low, n + 1, size=batch_size)
+    mask = (np.arange(n)[None] < sizes[:, None]).astype(np.float32)
+    values = rng.random((batch_size, n, c), dtype=np.float32) * mask[..., None]
+    if config == "set_mnist":
+        return {"set": tf.constant(values), "mask": tf.constant(mask)}
+    if config == "clevr_decoder":
+        image = rng.standard_normal((batch_size, 512), dtype=np.float32)
+    else:
+        image = rng.random((batch_size, image_size, image_size, 3), dtype=np.float32)
+    return {"image": tf.constant(image), "state": tf.constant(values), "mask": tf.constant(mask)}
+
+
+def build(config, decoder):
+    """(model, optimizer, LossSettings) of a config, built through the library's factories."""
+    import keras
+    import tensorflow as tf
+    from dspn_tf.baselines import MLPDecoder
+    from dspn_tf.dspn import DSPN
+    from dspn_tf.encoders import RNFSEncoder
+    from dspn_tf.models import ImageToSet, build_model
+    from dspn_tf.training import LossSettings
+
+    if config == "set_mnist":
+        model = build_model("autoencoder", decoder=decoder, set_size=342, set_channels=2, dim=256, latent=64,
+                            decoder_dim=256, iters=10, inner_lr=25.0)
+        model({"set": tf.zeros([1, 342, 2]), "mask": tf.zeros([1, 342])}, iters=0)
+        settings = LossSettings(set_key="set", loss="chamfer", all_steps=True, repr_lambda=0.0)
+        lr = 1e-2
+    else:
+        repr_lambda = 0.1 if decoder == "dspn" else 0.0
+        settings = LossSettings(set_key="state", loss="hungarian", all_steps=False, repr_lambda=repr_lambda)
+        lr = 3e-4
+        if config == "clevr_decoder":
+            dec = (DSPN(RNFSEncoder(512, 512), 10, 18, iters=10, lr=25.0) if decoder == "dspn"
+                   else MLPDecoder(10, 18, 512))
+            model = ImageToSet(keras.layers.Dense(512, name="embed"), dec)
+            model(tf.zeros([1, 512]), iters=0)
+        else:
+            model = build_model("image", decoder=decoder, set_size=10, set_channels=18, dim=512, latent=512,
+                                decoder_dim=512, image_encoder="resnet34", iters=10, inner_lr=25.0)
+            model(tf.zeros([1, 128, 128, 3]), iters=0)
+    optimizer = keras.optimizers.Adam(lr, epsilon=1e-8)
+    optimizer.build(model.trainable_variables)
+    return model, optimizer, settings
+
+
+def measure(args):
+    import keras
+    import tensorflow as tf
+    from dspn_tf.training import Trainer
+
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    keras.utils.set_random_seed(0)
+    model, optimizer, settings = build(args.config, args.decoder)
+    trainer = Trainer(model, optimizer, settings, global_batch_size=args.batch_size, jit_compile=args.jit_compile)
+    batch = random_batch(args.config, args.batch_size)
+
+    def step():
+        return float(trainer.train_step(batch)["train/loss"])
+
+    first_loss = step()  # Traces and compiles.
+    if args.profile_dir:
+        for _ in range(args.warmup):
+            step()
+        tf.profiler.experimental.start(args.profile_dir)
+        for _ in range(3):
+            step()
+        tf.profiler.experimental.stop()
+    timing = common.time_calls(step, warmup=args.warmup, repeats=args.repeats)
+    return {
+        "config": args.config,
+        "decoder": args.decoder,
+        "batch_size": args.batch_size,
+        "jit_compile": args.jit_compile,
+        **timing,
+        "examples_per_s": args.batch_size / timing["median_s"],
+        "peak_rss_mib": common.peak_rss_mib(),
+        "traces": trainer.traces,
+        "first_loss": first_loss,
+        "machine": common.machine(),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=CONFIGS + ("all",), default="all")
+    parser.add_argument("--decoder", choices=DECODERS + ("all",), default="all")
+    parser.add_argument("--batch_size", type=int, default=BATCH)
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps after the first (tracing) one.")
+    parser.add_argument("--repeats", type=int, default=10, help="Timed steps; the median is reported.")
+    parser.add_argument("--jit_compile", action="store_true", help="XLA-compile the train step.")
+    parser.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default.")
+    parser.add_argument("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default.")
+    parser.add_argument("--profile_dir", default=None, help="Also write a TensorBoard profiler trace of 3 steps.")
+    parser.add_argument("--output", default="benchmarks/results/train_step.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+    configs = CONFIGS if args.config == "all" else (args.config,)
+    decoders = DECODERS if args.decoder == "all" else (args.decoder,)
+    rows = []
+    for config in configs:
+        for decoder in decoders:
+            argv = [os.path.abspath(__file__), "--child", f"--config={config}", f"--decoder={decoder}",
+                    f"--batch_size={args.batch_size}", f"--warmup={args.warmup}", f"--repeats={args.repeats}",
+                    f"--intra_op_threads={args.intra_op_threads}", f"--inter_op_threads={args.inter_op_threads}"]
+            if args.jit_compile:
+                argv.append("--jit_compile")
+            if args.profile_dir:
+                argv.append(f"--profile_dir={os.path.join(args.profile_dir, config + '_' + decoder)}")
+            row = common.run_child(argv)
+            print(f"{config:14s} {decoder:5s} {row['median_s']:.3f} s/step (cpu {row['median_cpu_s']:.3f} s, "
+                  f"load {row['load_before']})", flush=True)
+            rows.append(row)
+    common.write_json(args.output, {"benchmark": "train_step", "machine": rows[0]["machine"], "rows": rows})
+    print(common.table(rows, [
+        ("config", "config", None), ("decoder", "decoder", None), ("jit_compile", "XLA", None),
+        ("median_s", "median s/step", "{:.3f}"), ("min_s", "min s", "{:.3f}"),
+        ("median_cpu_s", "CPU s/step", "{:.3f}"), ("examples_per_s", "examples/s", "{:.1f}"),
+        ("peak_rss_mib", "peak RSS MiB", "{:.0f}"), ("load_before", "load (1/5/15 min)", None),
+    ]))
+    print(f"Written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
