@@ -111,28 +111,40 @@ class FSPool(keras.layers.Layer):
         dtype = x.dtype
         set_size = tf.shape(x)[1]
         positions = tf.range(set_size, dtype=dtype)
+        keys = x
         if mask is not None:
             present = tf.cast(mask, dtype) > 0
-            # Push absent elements to the end of the descending sort; after the
-            # sort, positions >= n are zeroed by `where`, which also blocks
-            # their gradient.
-            x = tf.where(present[..., None], x, tf.constant(float("-inf"), dtype))
-        # Sort every channel over the set: top_k sorts the last axis descending
-        # and its gradient (a scatter) is itself differentiable.
-        x_t = tf.transpose(x, [0, 2, 1])  # Shape: [batch, C, set_size].
-        sorted_t, _ = tf.math.top_k(x_t, k=set_size, sorted=True)
-        sorted_x = tf.transpose(sorted_t, [0, 2, 1])  # Shape: [batch, set_size, C].
+            # Push absent elements to the end of the descending sort (ranks >= n).
+            keys = tf.where(present[..., None], x, tf.constant(float("-inf"), dtype))
+        # Sorting is piecewise constant, so the weighted sum of the sorted
+        # values equals sum_j x_j * w(rank_j): the weights are "unsorted" to
+        # the elements' own positions instead of the values being sorted.
+        # Same value and, for any order of differentiation, the same gradient
+        # as differentiating through the sort (top_k's gradient scatters the
+        # upstream gradient to exactly these positions, ties included), but
+        # the backward passes are elementwise: no ScatterNd, no transposes of
+        # gradients (~15% of a set-MNIST training step before).
+        x_t = tf.transpose(tf.stop_gradient(keys), [0, 2, 1])  # Shape: [batch, C, set_size].
+        _, order = tf.math.top_k(x_t, k=set_size, sorted=True)  # Descending; ties keep index order.
+        # The inverse permutation: rank[b, c, j] = position of element j.
+        _, rank = tf.math.top_k(-order, k=set_size, sorted=True)
         if mask is None:
             n = tf.cast(set_size, dtype)
             ratio = positions / tf.maximum(n - 1.0, 1.0)  # Shape: [set_size].
-            weights = self._piece_weights(ratio)  # Shape: [set_size, C].
-            return tf.reduce_sum(sorted_x * weights[None], axis=1)
+            weights = tf.transpose(self._piece_weights(ratio))  # Shape: [C, set_size].
+            # weights[c, rank[b, j, c]] for every element j and channel c.
+            channel = tf.range(self.channels)[None, None, :]
+            rank = tf.transpose(rank, [0, 2, 1])  # Shape: [batch, set_size, C].
+            element_weights = tf.gather(tf.reshape(weights, [-1]), channel * set_size + rank)
+            return tf.reduce_sum(x * element_weights, axis=1)
         n = tf.reduce_sum(tf.cast(present, dtype), axis=1, keepdims=True)  # Shape: [batch, 1].
         ratio = tf.minimum(positions[None] / tf.maximum(n - 1.0, 1.0), 1.0)  # Shape: [batch, set_size].
-        weights = self._piece_weights(ratio)  # Shape: [batch, set_size, C].
-        valid = positions[None] < n
-        sorted_x = tf.where(valid[..., None], sorted_x, tf.zeros_like(sorted_x))
-        return tf.reduce_sum(sorted_x * weights, axis=1)
+        weights = self._piece_weights(ratio)  # Shape: [batch, set_size (position), C].
+        weights = tf.transpose(weights, [0, 2, 1])  # Shape: [batch, C, set_size (position)].
+        element_weights = tf.gather(weights, rank, batch_dims=2)  # Shape: [batch, C, set_size].
+        element_weights = tf.transpose(element_weights, [0, 2, 1])  # Shape: [batch, set_size, C].
+        # Absent elements (ranked last, >= n) contribute 0 and get no gradient.
+        return tf.reduce_sum(tf.where(present[..., None], x * element_weights, tf.zeros_like(x)), axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
