@@ -132,6 +132,33 @@ def _srgb_to_linear(c):
     return np.power(np.asarray(c, np.float64) / 255.0, 2.2)
 
 
+# Base colours in linear RGB, as plain floats (they scale float32 arrays).
+_LINEAR_COLORS = {name: tuple(float(v) for v in _srgb_to_linear(rgb))
+                  for name, rgb in COLORS.items()}
+_GROUND_AMBIENT = 0.085  # Linear radiance of the floor without the key light.
+
+
+def _to_display_exact(linear):
+    return np.clip(np.power(np.clip(linear, 0.0, None), 1 / 2.2) * 255.0 + 0.5, 0, 255)
+
+
+# Linear -> sRGB-ish display bytes by table lookup, indexed by sqrt(linear):
+# the square root spreads the table's steps evenly over the display range,
+# so each entry spans < 0.15 display levels (the value is rounded to one level
+# anyway) at a fraction of the cost of a float64 power per channel.
+_DISPLAY_STEPS = 4096
+_DISPLAY_TABLE = _to_display_exact(
+    ((np.arange(_DISPLAY_STEPS + 1) + 0.5) / _DISPLAY_STEPS) ** 2).astype(np.uint8)
+
+
+def _to_display(linear):
+    """uint8 display values of positive linear radiance (float32 array)."""
+    s = np.minimum(linear, 1.0)
+    s *= _DISPLAY_STEPS ** 2
+    np.sqrt(s, out=s)
+    return _DISPLAY_TABLE[s.astype(np.int32)]
+
+
 class _Renderer:
     """Holds everything that is the same for every scene."""
 
@@ -143,22 +170,26 @@ class _Renderer:
         # Every ray hits the ground (the horizon is above the image), so the
         # background is a precomputed shaded plane.
         t = -origin[2] / rays[..., 2]
-        self.ground = origin + t[..., None] * rays  # Shape: [H, W, 3].
+        ground = origin + t[..., None] * rays  # Shape: [H, W, 3].
         # Key light is an area light: a nearby point light gives the gradual
         # falloff of CLEVR's floor, brighter near the camera.
         key_pos = 11.0 * self.key + np.array([1.5, -1.5, 0.0])
-        to_light = key_pos - self.ground
+        to_light = key_pos - ground
         dist2 = np.sum(to_light ** 2, axis=-1)
         falloff = 110.0 * to_light[..., 2] / dist2 ** 1.5
         self.ground_key = (0.16 * falloff).astype(np.float32)  # Linear radiance from the key light.
-        self.ground_ambient = np.full(falloff.shape, 0.085, np.float32)
-        lin = self.ground_key + self.ground_ambient
-        self.background = _to_display(lin[..., None] * np.ones(3)).astype(np.uint8)
+        # Its 2x2 block means, for shading shadows at half resolution.
+        self.ground_key2 = self.ground_key.reshape(HEIGHT // 2, 2, WIDTH // 2, 2).mean(axis=(1, 3))
+        lin = self.ground_key + np.float32(_GROUND_AMBIENT)
+        self.background = _to_display_exact(lin.astype(np.float64)).astype(np.uint8)  # Grey: one channel.
         self.directions = self.camera.directions()
-
-
-def _to_display(linear):
-    return np.clip(np.power(np.clip(linear, 0.0, None), 1 / 2.2) * 255.0 + 0.5, 0, 255)
+        # Contiguous float32 planes per component: a box sliced out of them is
+        # a view, and arithmetic on separate components avoids [n, 3] reductions.
+        self.ray_x, self.ray_y, self.ray_z = (np.ascontiguousarray(rays[..., k]) for k in range(3))
+        # Ground points of every other pixel and row, for shadow rays.
+        self.ground_x2, self.ground_y2 = (ground[::2, ::2, k].astype(np.float32) for k in range(2))
+        self.key_xyz = tuple(float(v) for v in self.key)
+        self.fill_xyz = tuple(float(v) for v in self.fill)
 
 
 _RENDERER = None
@@ -175,139 +206,152 @@ def _renderer():
 # Ray-object intersection, vectorised over rays.
 
 
-def _local_frame(obj):
-    """Centre and rotation (world->local about z) of an object."""
+def _centre(obj):
+    """World centre of an object."""
     x, y, z = obj["3d_coords"]
     if obj["shape"] == "cube":
         # CLEVR records z = r for cubes too, but the cube rests on the floor.
         z = CUBE_HALF_SIDE * z
-    theta = np.radians(obj["rotation"])
-    c, s = np.cos(theta), np.sin(theta)
-    rot = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-    return np.array([x, y, z]), rot
+    return [x, y, z]
 
 
-def _intersect(obj, origins, dirs, normals=True):
-    """Nearest hit distance (and world normal) of rays with one object.
+def _hit_distance(obj, ox, oy, oz, dx, dy, dz):
+    """Nearest hit distance of rays with one object.
 
     Args:
-      origins: [n, 3] or [3] ray origins; dirs: [n, 3] unit directions.
-      normals: also return normals (shadow rays only need the distance).
+      ox, oy, oz: ray origins relative to the object's centre (world axes);
+        dx, dy, dz: unit ray directions. Each is a Python float or a float32
+        array; they broadcast together (float32 geometry errors stay far
+        below a pixel).
     Returns:
-      t: float32 [n], inf where missed; normal: [n, 3] world-space unit
-      normals (zero where missed), or None.
+      float32 array of distances, inf where missed.
     """
-    centre, rot = _local_frame(obj)
     r = SIZES[obj["size"]]
-    # float32 halves memory traffic; geometry errors stay far below a pixel.
-    rot = rot.astype(np.float32)
-    o = ((origins - centre) @ rot.T).astype(np.float32)
-    d = (dirs @ rot.T).astype(np.float32)
-    o = np.broadcast_to(o, d.shape)
-    ox, oy, oz = o[:, 0], o[:, 1], o[:, 2]
-    dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
     shape = obj["shape"]
+    inf = np.float32(np.inf)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if shape == "sphere":
             b = ox * dx + oy * dy + oz * dz
             c = ox * ox + oy * oy + oz * oz - r * r
             disc = b * b - c
             t = -b - np.sqrt(disc)  # NaN where missed.
-            t = np.where((disc >= 0) & (t > 1e-6), t, np.inf)
-        elif shape == "cube":
-            s = CUBE_HALF_SIDE * r
-            tmin = np.full(len(d), -np.inf, np.float32)
-            tmax = np.full(len(d), np.inf, np.float32)
-            for oo, dd in ((ox, dx), (oy, dy), (oz, dz)):
-                inv = 1.0 / dd
-                t1 = (-s - oo) * inv
-                t2 = (s - oo) * inv
-                np.maximum(tmin, np.minimum(t1, t2), out=tmin)
-                np.minimum(tmax, np.maximum(t1, t2), out=tmax)
-            t = np.where((tmax >= tmin) & (tmin > 1e-6), tmin, np.inf)
-        else:  # cylinder with a vertical axis
-            rc, h = CYLINDER_RADIUS * r, r
-            a = dx * dx + dy * dy
-            b = ox * dx + oy * dy
-            c = ox * ox + oy * oy - rc * rc
-            disc = b * b - a * c
-            ts = (-b - np.sqrt(disc)) / a
-            zs = oz + ts * dz
-            ts = np.where((disc >= 0) & (ts > 1e-6) & (np.abs(zs) <= h), ts, np.inf)
-            # Caps: rays from above (the camera) enter through the top, rays
-            # from the ground (shadows) leave through it; the bottom cap rests
-            # on the floor and is never needed.
-            tc = (h - oz) / dz
-            xc = ox + tc * dx
-            yc = oy + tc * dy
-            tc = np.where((tc > 1e-6) & (xc * xc + yc * yc <= rc * rc), tc, np.inf)
-            t = np.minimum(ts, tc)
-    t = t.astype(np.float32)
-    if not normals:
-        return t, None
-    normal = np.zeros(d.shape, np.float32)
-    hit = np.isfinite(t)
-    p = o[hit] + t[hit, None] * d[hit]
-    if shape == "sphere":
-        normal[hit] = p / r
-    elif shape == "cube":
-        # The face hit is the axis where the point lies on the surface.
-        axis = np.argmax(np.abs(p), axis=1)
-        rows = np.nonzero(hit)[0]
-        normal[rows, axis] = np.sign(p[np.arange(len(rows)), axis])
-    else:
+            return np.where((disc >= 0) & (t > 1e-6), t, inf)
+        if shape == "cube":
+            # Slabs in the cube's frame (a rotation about z).
+            theta = math.radians(obj["rotation"])
+            c, s = math.cos(theta), math.sin(theta)
+            half = CUBE_HALF_SIDE * r
+            tmin = tmax = None
+            for oo, dd in ((c * ox + s * oy, c * dx + s * dy),
+                           (c * oy - s * ox, c * dy - s * dx), (oz, dz)):
+                inv = np.divide(1.0, dd, dtype=np.float32)
+                t1 = (-half - oo) * inv
+                t2 = (half - oo) * inv
+                near, far = np.minimum(t1, t2), np.maximum(t1, t2)
+                tmin = near if tmin is None else np.maximum(tmin, near)
+                tmax = far if tmax is None else np.minimum(tmax, far)
+            return np.where((tmax >= tmin) & (tmin > 1e-6), tmin, inf)
+        # Cylinder with a vertical axis (symmetric about it, so no rotation).
         rc, h = CYLINDER_RADIUS * r, r
-        on_cap = p[:, 2] >= h - 1e-4
-        n = np.zeros_like(p)
-        n[:, 0] = np.where(on_cap, 0, p[:, 0] / rc)
-        n[:, 1] = np.where(on_cap, 0, p[:, 1] / rc)
-        n[:, 2] = on_cap
-        normal[hit] = n
-    # Local -> world normals (rot is orthonormal).
-    return t, normal @ rot
+        a = dx * dx + dy * dy
+        b = ox * dx + oy * dy
+        c = ox * ox + oy * oy - rc * rc
+        disc = b * b - a * c
+        ts = (-b - np.sqrt(disc)) / a
+        zs = oz + ts * dz
+        ts = np.where((disc >= 0) & (ts > 1e-6) & (np.abs(zs) <= h), ts, inf)
+        # Caps: rays from above (the camera) enter through the top, rays
+        # from the ground (shadows) leave through it; the bottom cap rests
+        # on the floor and is never needed.
+        tc = np.divide(h - oz, dz, dtype=np.float32)
+        xc = ox + tc * dx
+        yc = oy + tc * dy
+        tc = np.where((tc > 1e-6) & (xc * xc + yc * yc <= rc * rc), tc, inf)
+        return np.minimum(ts, tc)
 
 
-def _object_corners(obj, grow=1.0):
-    """World corners [8, 3] of a box enclosing the object (its projection
-    bounds the silhouette more tightly than a bounding sphere's)."""
-    centre, rot = _local_frame(obj)
+def _normals(obj, px, py, pz):
+    """World unit normals (float32 components) at surface points given
+    relative to the object's centre."""
     r = SIZES[obj["size"]]
-    half = {"cube": (CUBE_HALF_SIDE * r,) * 3, "sphere": (r, r, r),
-            "cylinder": (CYLINDER_RADIUS * r, CYLINDER_RADIUS * r, r)}[obj["shape"]]
-    local = _UNIT_CORNERS * np.array(half) * grow
-    return centre + local @ rot
+    shape = obj["shape"]
+    if shape == "sphere":
+        return px * (1 / r), py * (1 / r), pz * (1 / r)
+    if shape == "cylinder":
+        rc, h = CYLINDER_RADIUS * r, r
+        on_cap = pz >= h - 1e-4
+        return (np.where(on_cap, 0.0, px * (1 / rc)), np.where(on_cap, 0.0, py * (1 / rc)),
+                on_cap.astype(np.float32))
+    # Cube: the face hit is the local axis where the point lies on the surface.
+    theta = math.radians(obj["rotation"])
+    c, s = math.cos(theta), math.sin(theta)
+    lx, ly = c * px + s * py, c * py - s * px
+    ax, ay, az = np.abs(lx), np.abs(ly), np.abs(pz)
+    on_x = (ax >= ay) & (ax >= az)
+    on_y = ~on_x & (ay >= az)
+    sx, sy = np.sign(lx), np.sign(ly)
+    # Local face normals back in world axes: x -> (c, s, 0), y -> (-s, c, 0).
+    nx = np.where(on_x, sx * c, np.where(on_y, sy * -s, 0.0))
+    ny = np.where(on_x, sx * s, np.where(on_y, sy * c, 0.0))
+    nz = np.where(on_x | on_y, 0.0, np.sign(pz))
+    return nx, ny, nz
 
 
+# Half extents of each shape's enclosing box, in units of its radius r.
+_HALF_EXTENTS = {"cube": (CUBE_HALF_SIDE,) * 3, "sphere": (1.0, 1.0, 1.0),
+                 "cylinder": (CYLINDER_RADIUS, CYLINDER_RADIUS, 1.0)}
 _UNIT_CORNERS = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
 
 
-def _screen_box(renderer, points, pad=2):
-    """Integer pixel box [x0, x1) × [y0, y1) covering projected points, or None."""
-    q = renderer.camera.project(points)
-    x0 = max(int(np.floor(q[:, 0].min())) - pad, 0)
-    x1 = min(int(np.ceil(q[:, 0].max())) + pad, WIDTH)
-    y0 = max(int(np.floor(q[:, 1].min())) - pad, 0)
-    y1 = min(int(np.ceil(q[:, 1].max())) + pad, HEIGHT)
-    if x0 >= x1 or y0 >= y1:
-        return None
-    return x0, x1, y0, y1
+def _centres(objects):
+    """World centres [n, 3] of the objects."""
+    return np.array([_centre(obj) for obj in objects], np.float64)
+
+
+def _corners(objects, centres, grow=1.0):
+    """World corners [n, 8, 3] of boxes enclosing the objects (their
+    projection bounds a silhouette more tightly than a bounding sphere's)."""
+    half = np.array([_HALF_EXTENTS[o["shape"]] for o in objects]) * grow
+    half *= np.array([SIZES[o["size"]] for o in objects])[:, None]
+    theta = np.radians([o["rotation"] for o in objects])[:, None]
+    local = _UNIT_CORNERS * half[:, None, :]
+    lx, ly = local[..., 0], local[..., 1]
+    c, s = np.cos(theta), np.sin(theta)
+    # Local -> world: a rotation about z.
+    return centres[:, None, :] + np.stack([lx * c - ly * s, lx * s + ly * c, local[..., 2]], -1)
+
+
+def _screen_boxes(renderer, points, pad=2):
+    """Per object, the integer pixel box (x0, x1, y0, y1) = [x0, x1) × [y0, y1)
+    covering its projected points [n, m, 3], or None if off screen."""
+    n, m, _ = points.shape
+    q = renderer.camera.project(points.reshape(-1, 3)).reshape(n, m, 3)
+    x0 = np.maximum(np.floor(q[..., 0].min(1)).astype(int) - pad, 0).tolist()
+    x1 = np.minimum(np.ceil(q[..., 0].max(1)).astype(int) + pad, WIDTH).tolist()
+    y0 = np.maximum(np.floor(q[..., 1].min(1)).astype(int) - pad, 0).tolist()
+    y1 = np.minimum(np.ceil(q[..., 1].max(1)).astype(int) + pad, HEIGHT).tolist()
+    return [box if box[0] < box[1] and box[2] < box[3] else None
+            for box in zip(x0, x1, y0, y1)]
 
 
 _SHADOW_BLUR = 2
 
 
-def _box_blur(a, radius):
-    """Separable box filter (zero outside), via cumulative sums."""
+def _tent_blur(mask, radius):
+    """A box filter of `radius` applied twice along each axis (a tent) to a
+    boolean mask with a margin of 2 * radius on every side, which the result
+    [h - 4 * radius, w - 4 * radius] drops: float32 in [0, 1]. Integer sums
+    of shifted slices, cheaper than cumulative sums for small radii."""
     k = 2 * radius + 1
-    h, w = a.shape
-    c = np.zeros((h + k, w), np.float32)
-    np.cumsum(a, axis=0, out=c[radius + 1:h + radius + 1])
-    c[h + radius + 1:] = c[h + radius]
-    a = (c[k:] - c[:h]) / k
-    c = np.zeros((h, w + k), np.float32)
-    np.cumsum(a, axis=1, out=c[:, radius + 1:w + radius + 1])
-    c[:, w + radius + 1:] = c[:, w + radius:w + radius + 1]
-    return (c[:, k:] - c[:, :w]) / k
+    a = mask.view(np.uint8).astype(np.int16)  # Sums reach k ** 4 = 625 for radius 2.
+    for axis in (0, 1, 0, 1):
+        n = a.shape[axis] - 2 * radius
+        part = (lambda i: a[i:i + n]) if axis == 0 else (lambda i: a[:, i:i + n])
+        total = part(0) + part(1)
+        for i in range(2, k):
+            total += part(i)
+        a = total
+    return a.astype(np.float32) * np.float32(1 / k ** 4)
 
 
 # ----------------------------------------------------------------------------
@@ -315,32 +359,142 @@ def _box_blur(a, radius):
 
 
 def _shade(renderer, obj, normal, view):
-    """Linear RGB of surface points: Lambert (+ reflections and highlight for metal)."""
-    base = _srgb_to_linear(COLORS[obj["color"]])
-    key, fill = renderer.key, renderer.fill
-    n_key = np.clip(normal @ key, 0, None)
-    n_fill = np.clip(normal @ fill, 0, None)
-    # Sky light from above plus a little bounce from the floor.
-    hemi = 0.5 + 0.5 * normal[:, 2]
-    diffuse = 0.85 * n_key + 0.3 * n_fill + 0.22 * hemi + 0.06
-    half = _normalize(key + view)
-    n_half = np.clip(np.sum(normal * half, axis=1), 0, None)
+    """Display colours uint8 [3, n] of surface points: Lambert (+ reflections
+    and highlight for metal). `normal` and `view` are (x, y, z) tuples of
+    float32 [n] arrays in world axes."""
+    nx, ny, nz = normal
+    vx, vy, vz = view
+    kx, ky, kz = renderer.key_xyz
+    fx, fy, fz = renderer.fill_xyz
+    n_key = np.maximum(nx * kx + ny * ky + nz * kz, 0.0)
+    n_fill = np.maximum(nx * fx + ny * fy + nz * fz, 0.0)
+    # Sky light from above plus a little bounce from the floor:
+    # 0.22 * hemi + 0.06 with hemi = 0.5 + 0.5 * nz.
+    diffuse = 0.85 * n_key + 0.3 * n_fill + 0.11 * nz + 0.17
+    hx, hy, hz = vx + kx, vy + ky, vz + kz  # Half vector, before normalising.
+    n_half = np.maximum((nx * hx + ny * hy + nz * hz) / np.sqrt(hx * hx + hy * hy + hz * hz), 0.0)
     if obj["material"] == "metal":
         # Mirror-like: the colour is carried by reflections of a bright sky and
         # a grey floor, giving CLEVR metal's strong contrast, plus a sharp
         # white highlight.
-        n_v = np.clip(np.sum(normal * view, axis=1), 0, 1)
-        refl = 2 * n_v[:, None] * normal - view
-        sky = np.clip((refl[:, 2] + 0.05) * 3.0, 0, 1) ** 1.5
-        env = 0.05 + 0.95 * sky
-        fresnel = 0.04 + 0.35 * (1 - n_v) ** 4
-        col = base[None] * (0.25 * diffuse + 1.1 * env)[:, None]
-        col += (fresnel * env)[:, None] * 0.5
-        col += (1.6 * n_half ** 120)[:, None]
-        return col
-    col = base[None] * diffuse[:, None]
-    col += (0.05 * n_half ** 8)[:, None]
-    return col
+        n_v = np.clip(nx * vx + ny * vy + nz * vz, 0.0, 1.0)
+        refl_z = 2 * n_v * nz - vz
+        sky = np.clip((refl_z + 0.05) * 3.0, 0.0, 1.0)
+        env = 0.05 + 0.95 * (sky * np.sqrt(sky))  # sky ** 1.5
+        grazing = 1 - n_v
+        grazing *= grazing
+        fresnel = 0.04 + 0.35 * (grazing * grazing)  # 0.35 * (1 - n_v) ** 4
+        scale = 0.25 * diffuse + 1.1 * env
+        # n_half ** 120 by squaring; below 0.5 it is < 1e-36 anyway (and the
+        # floor keeps the products out of the slow subnormal range).
+        h8 = np.maximum(n_half, 0.5)
+        h8 *= h8
+        h8 *= h8
+        h8 *= h8
+        h16 = h8 * h8
+        h32 = h16 * h16
+        h120 = h8 * h16 * h32 * (h32 * h32)
+        add = 0.5 * fresnel * env + 1.6 * h120
+    else:
+        scale = diffuse
+        h8 = n_half * n_half
+        h8 *= h8
+        h8 *= h8
+        add = 0.05 * h8
+    # Channels first: broadcasting along a length-3 last axis is slow.
+    base = np.array(_LINEAR_COLORS[obj["color"]], np.float32)[:, None]
+    return _to_display(base * scale + add)
+
+
+def _visibility(rd, objects, centres):
+    """Z-buffer pass over camera rays.
+
+    Returns:
+      ids: int8 [H, W], index of the object seen at each pixel or -1;
+      depth: float32 [H, W] hit distances (inf on the floor);
+      boxes: each object's screen box (or None).
+    """
+    depth = np.full((HEIGHT, WIDTH), np.inf, np.float32)
+    ids = np.full((HEIGHT, WIDTH), -1, np.int8)
+    boxes = _screen_boxes(rd, _corners(objects, centres))
+    for index, (obj, box, centre) in enumerate(zip(objects, boxes, centres)):
+        if box is None:
+            continue
+        x0, x1, y0, y1 = box
+        ox, oy, oz = (rd.camera.location - centre).tolist()
+        t = _hit_distance(obj, ox, oy, oz, rd.ray_x[y0:y1, x0:x1], rd.ray_y[y0:y1, x0:x1],
+                          rd.ray_z[y0:y1, x0:x1])
+        zbuf = depth[y0:y1, x0:x1]
+        front = t < zbuf  # Z-buffer: nearer objects win regardless of order.
+        np.copyto(zbuf, t, where=front)
+        np.copyto(ids[y0:y1, x0:x1], index, where=front)
+    return ids, depth, boxes
+
+
+def _floor(rd, objects, centres):
+    """The grey floor in display values, uint8 [H, W], with soft shadows
+    darkening the key light's contribution."""
+    floor = rd.background.copy()
+    # One shadow ray per 2x2 ground pixels (pixel (2i, 2j) stands for its
+    # block), then one tent blur of all objects' hard shadows for the
+    # penumbra (9 rays per pixel looked the same and cost 20x more).
+    margin = 2 * _SHADOW_BLUR  # Lets the blur run on plain slices.
+    hard = np.zeros((HEIGHT // 2 + 2 * margin, WIDTH // 2 + 2 * margin), bool)
+    kx, ky, kz = rd.key_xyz
+    # The shadow lies between the object's footprint and where its corners'
+    # shadows land; the box pad leaves room for the blur.
+    corners = _corners(objects, centres, grow=1.1)
+    pts = np.concatenate([corners, corners - rd.key * (corners[..., 2:] / rd.key[2])], axis=1)
+    pts[..., 2] = 0.0
+    region = None  # Union of the shadow boxes, in half-resolution pixels.
+    for obj, box, (cx, cy, cz) in zip(objects, _screen_boxes(rd, pts, pad=4 * _SHADOW_BLUR + 2),
+                                      centres.tolist()):
+        if box is None:
+            continue
+        x0, x1, y0, y1 = box[0] // 2, (box[1] + 1) // 2, box[2] // 2, (box[3] + 1) // 2
+        gx = rd.ground_x2[y0:y1, x0:x1] - cx
+        gy = rd.ground_y2[y0:y1, x0:x1] - cy
+        sub = hard[y0 + margin:y1 + margin, x0 + margin:x1 + margin]
+        sub |= np.isfinite(_hit_distance(obj, gx, gy, -cz, kx, ky, kz))
+        region = (x0, x1, y0, y1) if region is None else (
+            min(region[0], x0), max(region[1], x1), min(region[2], y0), max(region[3], y1))
+    if region is None:
+        return floor
+    x0, x1, y0, y1 = region
+    # A tent of radius ~2 * 2 * _SHADOW_BLUR full-resolution pixels.
+    soft = _tent_blur(hard[y0:y1 + 2 * margin, x0:x1 + 2 * margin], _SHADOW_BLUR)
+    shadowed = soft > 0
+    # Shaded at half resolution too: the floor's key light changes by < 0.2
+    # display levels across a 2x2 block.
+    shade = _to_display(_GROUND_AMBIENT + rd.ground_key2[y0:y1, x0:x1] * (1.0 - soft))
+    for dy in (0, 1):
+        for dx in (0, 1):
+            np.copyto(floor[2 * y0 + dy:2 * y1:2, 2 * x0 + dx:2 * x1:2], shade, where=shadowed)
+    return floor
+
+
+def _compose(rd, objects, centres, ids, depth, boxes):
+    """The image of a scene whose visibility pass is done: floor, shadows,
+    then each object's visible pixels (only those are shaded)."""
+    floor = _floor(rd, objects, centres)
+    image = np.stack([floor, floor, floor], axis=-1)
+    pixels = image.reshape(-1)
+    for index, (obj, box, centre) in enumerate(zip(objects, boxes, centres)):
+        if box is None:
+            continue
+        x0, x1, y0, y1 = box
+        ys, xs = np.nonzero(ids[y0:y1, x0:x1] == index)
+        if not len(ys):
+            continue
+        flat = (ys + y0) * WIDTH + (xs + x0)
+        t = depth.reshape(-1)[flat]
+        dx, dy, dz = (plane.reshape(-1)[flat] for plane in (rd.ray_x, rd.ray_y, rd.ray_z))
+        ox, oy, oz = (rd.camera.location - centre).tolist()
+        normal = _normals(obj, ox + t * dx, oy + t * dy, oz + t * dz)
+        flat *= 3
+        for channel, values in enumerate(_shade(rd, obj, normal, (-dx, -dy, -dz))):
+            pixels[flat + channel] = values
+    return image
 
 
 def render_scene(scene):
@@ -352,60 +506,9 @@ def render_scene(scene):
     """
     rd = _renderer()
     objects = scene["objects"]
-    image = rd.background.copy()  # Shape: [H, W, 3], uint8 display space.
-    # Soft ground shadows, darkening only the key light's contribution: one
-    # shadow ray per 2x2 ground pixels, then a box blur for the penumbra
-    # (9 rays per pixel looked the same and cost 20x more).
-    lit = np.ones((HEIGHT, WIDTH), np.float32)
-    region = None  # Union of the shadow boxes.
-    for obj in objects:
-        # The shadow lies between the object's footprint and where its
-        # corners' shadows land; the box pad leaves room for the blur.
-        corners = _object_corners(obj, grow=1.1)
-        pts = np.concatenate([corners, corners - rd.key * (corners[:, 2:] / rd.key[2])])
-        pts[:, 2] = 0.0
-        box = _screen_box(rd, pts, pad=4 * _SHADOW_BLUR + 2)
-        if box is None:
-            continue
-        x0, x1, y0, y1 = box
-        ground = rd.ground[y0:y1:2, x0:x1:2]
-        gh, gw = ground.shape[:2]
-        ground = ground.reshape(-1, 3)
-        t, _ = _intersect(obj, ground, np.broadcast_to(rd.key, ground.shape), normals=False)
-        hard = np.isfinite(t).reshape(gh, gw).astype(np.float32)
-        # Blurring at half resolution: a tent of radius ~2 * 2 * _SHADOW_BLUR px.
-        soft = _box_blur(_box_blur(hard, _SHADOW_BLUR), _SHADOW_BLUR)
-        soft = np.repeat(np.repeat(soft, 2, axis=0), 2, axis=1)[:y1 - y0, :x1 - x0]
-        lit[y0:y1, x0:x1] = np.minimum(lit[y0:y1, x0:x1], 1.0 - soft)
-        region = box if region is None else (min(region[0], x0), max(region[1], x1),
-                                             min(region[2], y0), max(region[3], y1))
-    if region is not None:
-        x0, x1, y0, y1 = region
-        sub = lit[y0:y1, x0:x1]
-        shadowed = sub < 1.0
-        lin = (rd.ground_ambient[y0:y1, x0:x1][shadowed]
-               + rd.ground_key[y0:y1, x0:x1][shadowed] * sub[shadowed])
-        image[y0:y1, x0:x1][shadowed] = _to_display(lin)[:, None]
-
-    depth = np.full((HEIGHT, WIDTH), np.inf, np.float32)
-    ids = np.full((HEIGHT, WIDTH), -1, np.int8)
-    for index, obj in enumerate(objects):
-        box = _screen_box(rd, _object_corners(obj))
-        if box is None:
-            continue
-        x0, x1, y0, y1 = box
-        dirs = rd.camera.rays[y0:y1, x0:x1].reshape(-1, 3)
-        t, normal = _intersect(obj, rd.camera.location, dirs)
-        t = t.reshape(y1 - y0, x1 - x0)
-        zbuf = depth[y0:y1, x0:x1]
-        front = t < zbuf  # Z-buffer: nearer objects win regardless of order.
-        if not front.any():
-            continue
-        flat = front.reshape(-1)
-        zbuf[front] = t[front]
-        ids[y0:y1, x0:x1][front] = index
-        image[y0:y1, x0:x1][front] = _to_display(_shade(rd, obj, normal[flat], -dirs[flat]))
-    return image, ids
+    centres = _centres(objects)
+    ids, depth, boxes = _visibility(rd, objects, centres)
+    return _compose(rd, objects, centres, ids, depth, boxes), ids
 
 
 # ----------------------------------------------------------------------------
@@ -475,12 +578,15 @@ def make_scene(seed, split, index):
         proj = rd.camera.project(np.array([o["3d_coords"] for o in objects]))
         for obj, p in zip(objects, proj):
             obj["pixel_coords"] = [int(round(p[0])), int(round(p[1])), float(p[2])]
-        scene = {"image_index": index, "objects": objects}
-        image, ids = render_scene(scene)
+        centres = _centres(objects)
+        ids, depth, boxes = _visibility(rd, objects, centres)
         counts = np.bincount(ids[ids >= 0], minlength=len(objects))
-        # Like CLEVR, resample scenes where an object is mostly hidden.
+        # Like CLEVR, resample scenes where an object is mostly hidden (before
+        # spending time on shading them).
         if counts.min() >= MIN_PIXELS:
             break
+    image = _compose(rd, objects, centres, ids, depth, boxes)
+    scene = {"image_index": index, "objects": objects}
     scene["relationships"] = _relationships(objects, rd.directions)
     scene["image_filename"] = _image_name(split, index)
     scene["split"] = split
