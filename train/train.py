@@ -38,18 +38,50 @@ def _batches(dataset, batch_size, shuffle, seed):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _train_data(num_replicas):
+def _workers(strategy):
+    """(number of workers, this worker's index, replicas on this worker)."""
+    local = len(strategy.extended.worker_devices)
+    workers = strategy.num_replicas_in_sync // local
+    resolver = getattr(strategy, "cluster_resolver", None)
+    index = (resolver.task_id or 0) if (workers > 1 and resolver is not None) else 0
+    return workers, index, local
+
+
+def _train_data(strategy):
+    """This worker's batches of the training split and the split's size."""
     ds = common.build_split("train")
     if FLAGS.max_train_examples:
         ds = ds.take(FLAGS.max_train_examples)
     size = int(ds.cardinality())
     if size < 0:
         size = int(ds.reduce(0, lambda n, _: n + 1))
-    if FLAGS.batch_size % num_replicas:
-        raise ValueError(f"--batch_size={FLAGS.batch_size} must be divisible by the {num_replicas} replicas.")
+    replicas = strategy.num_replicas_in_sync
+    if FLAGS.batch_size % replicas:
+        raise ValueError(f"--batch_size={FLAGS.batch_size} must be divisible by the {replicas} replicas.")
     if size < FLAGS.batch_size:
         raise ValueError(f"The training split has {size} examples, fewer than --batch_size={FLAGS.batch_size}.")
-    return _batches(ds, FLAGS.batch_size, True, FLAGS.seed), size
+    workers, index, _ = _workers(strategy)
+    if workers > 1:
+        ds = ds.shard(workers, index)
+    return _batches(ds, FLAGS.batch_size // workers, True, FLAGS.seed), size
+
+
+def _split_for_replicas(strategy, batch):
+    """Hands each local replica its slice of this worker's batch.
+
+    The batches come from a plain `tf.data` iterator (which, unlike a
+    distributed iterator, can be checkpointed) and are split here.
+    """
+    _, _, local = _workers(strategy)
+    if strategy.num_replicas_in_sync == 1:
+        return batch
+    per_replica = FLAGS.batch_size // strategy.num_replicas_in_sync
+
+    def slice_for(context):
+        i = context.replica_id_in_sync_group % local
+        return tf.nest.map_structure(lambda t: t[i * per_replica:(i + 1) * per_replica], batch)
+
+    return strategy.experimental_distribute_values_from_function(slice_for)
 
 
 def _eval_data():
@@ -65,6 +97,14 @@ def _total_steps(train_size):
     if FLAGS.epochs:
         return FLAGS.epochs * (train_size // FLAGS.batch_size)
     raise ValueError("Set --train_steps or --epochs.")
+
+
+def _is_chief(strategy):
+    """True unless this is a non-chief worker of a multi-worker strategy."""
+    resolver = getattr(strategy.extended, "_cluster_resolver", None) or getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 def _write_pictures(model, batch, step):
@@ -116,25 +156,40 @@ def main(argv):
     with open(os.path.join(FLAGS.model_dir, "flags.txt"), "w") as f:
         f.write(FLAGS.flags_into_string())
 
-    train_ds, train_size = _train_data(strategy.num_replicas_in_sync)
+    train_ds, train_size = _train_data(strategy)
     total_steps = _total_steps(train_size)
     with strategy.scope():
         model = common.build_model()
         optimizer = keras.optimizers.Adam(FLAGS.learning_rate, epsilon=1e-8)
         optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    iterator = iter(strategy.experimental_distribute_dataset(train_ds)) if strategy.num_replicas_in_sync > 1 \
-        else iter(train_ds)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, iterator=iterator)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(FLAGS.model_dir, "checkpoints"),
-                                         max_to_keep=FLAGS.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"Resumed from {manager.latest_checkpoint} at step {int(step)}.", flush=True)
+    # Outside the scope: a host-side counter, not a mirrored variable.
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    iterator = iter(train_ds)
+    state = {"model": model, "optimizer": optimizer, "step": step}
+    if _workers(strategy)[0] == 1:
+        # The input position is part of the checkpoint, so a resumed run sees
+        # the batches an uninterrupted one would. With several workers each
+        # has its own shard and position, which one shared checkpoint cannot
+        # hold: they restart their input pipelines instead.
+        state["iterator"] = iterator
+    checkpoint = tf.train.Checkpoint(**state)
+    chief = _is_chief(strategy)
+    shared_dir = os.path.join(FLAGS.model_dir, "checkpoints")
+    # Saving is collective under multi-worker strategies: every worker writes,
+    # but only the chief into the run directory (the others into scratch).
+    own_dir = shared_dir if chief else os.path.join(FLAGS.model_dir, f".worker-{os.getpid()}", "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, own_dir, max_to_keep=FLAGS.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(shared_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        print(f"Resumed from {latest} at step {int(step)}.", flush=True)
     trainer = Trainer(model, optimizer, settings, global_batch_size=FLAGS.batch_size, strategy=strategy,
                       run_eagerly=FLAGS.run_eagerly, jit_compile=FLAGS.jit_compile)
-    train_writer = tf.summary.create_file_writer(os.path.join(FLAGS.model_dir, "train"))
-    eval_writer = tf.summary.create_file_writer(os.path.join(FLAGS.model_dir, "eval"))
+    if chief:
+        train_writer = tf.summary.create_file_writer(os.path.join(FLAGS.model_dir, "train"))
+        eval_writer = tf.summary.create_file_writer(os.path.join(FLAGS.model_dir, "eval"))
+    else:
+        train_writer = eval_writer = tf.summary.create_noop_writer()
     picture_batch = next(iter(_eval_data()))
 
     print(f"Training {FLAGS.decoder} on {FLAGS.dataset} ({train_size} examples) for {total_steps} steps.", flush=True)
@@ -143,7 +198,7 @@ def main(argv):
     start, first_step = time.time(), int(step)
     running = None
     while int(step) < total_steps:
-        values = trainer.train_step(next(iterator))
+        values = trainer.train_step(_split_for_replicas(strategy, next(iterator)))
         loss = float(values["train/loss"])
         if FLAGS.nan_at_step is not None and int(step) + 1 == FLAGS.nan_at_step:
             loss = float("nan")
@@ -178,7 +233,7 @@ def main(argv):
     if steps_run:
         print(f"Trained {steps_run} steps in {elapsed:.1f} s ({elapsed / steps_run:.3f} s/step); "
               f"{trainer.traces} trace(s) of the train step.", flush=True)
-    if not FLAGS.evaluate_at_end:
+    if not FLAGS.evaluate_at_end or not chief:
         return
     results = run_evaluation(model, eval_writer, int(step))
     path = os.path.join(FLAGS.model_dir, "eval_results.json")
