@@ -64,168 +64,168 @@ _SHARD_SIZE = 1024
 
 
 def _field(obj, name):
-  try:
-    return obj[name]
-  except (KeyError, TypeError, IndexError):
-    raise ValueError(f"missing field {name!r}") from None
+    try:
+        return obj[name]
+    except (KeyError, TypeError, IndexError):
+        raise ValueError(f"missing field {name!r}") from None
 
 
 def _coords(obj, name, size):
-  value = _field(obj, name)
-  try:
-    array = np.asarray(value, np.float64).reshape(-1)
-  except (TypeError, ValueError):
-    raise ValueError(f"field {name!r} is not numeric: {value!r}") from None
-  if array.size < size:
-    raise ValueError(f"field {name!r} has {array.size} values, expected {size}")
-  return array
+    value = _field(obj, name)
+    try:
+        array = np.asarray(value, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"field {name!r} is not numeric: {value!r}") from None
+    if array.size < size:
+        raise ValueError(f"field {name!r} has {array.size} values, expected {size}")
+    return array
 
 
 def object_state(obj):
-  """The 18 state features of one CLEVR object (SPEC section 7).
+    """The 18 state features of one CLEVR object (SPEC section 7).
 
-  Args:
-    obj: a scene-JSON object dict with `3d_coords`, `material`, `color`,
-      `shape` and `size`.
+    Args:
+      obj: a scene-JSON object dict with `3d_coords`, `material`, `color`,
+        `shape` and `size`.
 
-  Returns:
-    float32 [18]: 3d_coords / 3 (x, y, z), then one-hots of material
-    [rubber, metal], color [cyan, blue, yellow, purple, red, green, gray,
-    brown], shape [sphere, cube, cylinder], size [large, small].
+    Returns:
+      float32 [18]: 3d_coords / 3 (x, y, z), then one-hots of material
+      [rubber, metal], color [cyan, blue, yellow, purple, red, green, gray,
+      brown], shape [sphere, cube, cylinder], size [large, small].
 
-  Raises:
-    ValueError: a missing field or an unknown attribute value (named).
-  """
-  parts = [_coords(obj, "3d_coords", 3)[:3] / 3.0]
-  for name, vocabulary in ATTRIBUTES:
-    value = _field(obj, name)
-    if value not in vocabulary:
-      raise ValueError(
-          f"unknown {name} {value!r} (expected one of {', '.join(vocabulary)})")
-    one_hot = np.zeros(len(vocabulary))
-    one_hot[vocabulary.index(value)] = 1.0
-    parts.append(one_hot)
-  return np.concatenate(parts).astype(np.float32)
+    Raises:
+      ValueError: a missing field or an unknown attribute value (named).
+    """
+    parts = [_coords(obj, "3d_coords", 3)[:3] / 3.0]
+    for name, vocabulary in ATTRIBUTES:
+        value = _field(obj, name)
+        if value not in vocabulary:
+            raise ValueError(
+                f"unknown {name} {value!r} (expected one of {', '.join(vocabulary)})")
+        one_hot = np.zeros(len(vocabulary))
+        one_hot[vocabulary.index(value)] = 1.0
+        parts.append(one_hot)
+    return np.concatenate(parts).astype(np.float32)
 
 
 def _right_vector(directions):
-  if isinstance(directions, collections.abc.Mapping):
-    directions = _field(directions, "right")
-  right = np.asarray(directions, np.float64).reshape(-1)
-  if right.size < 2:
-    raise ValueError(f"directions.right must have 2 or 3 values, got {right!r}")
-  return right[0], right[1]
+    if isinstance(directions, collections.abc.Mapping):
+        directions = _field(directions, "right")
+    right = np.asarray(directions, np.float64).reshape(-1)
+    if right.size < 2:
+        raise ValueError(f"directions.right must have 2 or 3 values, got {right!r}")
+    return right[0], right[1]
 
 
 def object_box(obj, directions):
-  """The bounding box of one CLEVR object (SPEC section 7, the reference's formula).
+    """The bounding box of one CLEVR object (SPEC section 7, the reference's formula).
 
-  Args:
-    obj: a scene-JSON object dict with `pixel_coords`, `3d_coords`, `shape`.
-    directions: the scene's `directions` dict, or its `right` vector
-      (cos, sin, _).
+    Args:
+      obj: a scene-JSON object dict with `pixel_coords`, `3d_coords`, `shape`.
+      directions: the scene's `directions` dict, or its `right` vector
+        (cos, sin, _).
 
-  Returns:
-    float32 [4]: (xmin / 480, ymin / 320, xmax / 480, ymax / 320), not clipped.
-  """
-  x, y = _coords(obj, "pixel_coords", 2)[:2]
-  x1, y1, z1 = _coords(obj, "3d_coords", 3)[:3]
-  shape = _field(obj, "shape")
-  if shape not in SHAPES:
-    raise ValueError(f"unknown shape {shape!r} (expected one of {', '.join(SHAPES)})")
-  cos, sin = _right_vector(directions)
-  x1r = x1 * cos + y1 * sin
-  # The reference rotates y with the already-rotated x; kept so that boxes
-  # match the paper's numbers (SPEC section 7).
-  y1r = x1r * (-sin) + y1 * cos
-  h_d = 6.9 * z1 * (15 - y1r) / 2
-  h_u = w_l = w_r = h_d
-  if shape == "cylinder":
-    d = 9.4 + y1r
-    h = 6.4
-    s = z1
-    h_u *= (s * (h / d + 1)) / ((s * (h / d + 1)) - (s * (h - s) / d))
-    h_d = h_u * (h - s + d) / (h + s + d)
-    w_l *= 11 / (10 + y1r)
-    w_r = w_l
-  elif shape == "cube":
-    h_u *= 1.3 * 10 / (10 + y1r)
-    h_d = w_l = w_r = h_u
-  return np.array([(x - w_l) / WIDTH, (y - h_d) / HEIGHT, (x + w_r) / WIDTH,
-                   (y + h_u) / HEIGHT], np.float32)
+    Returns:
+      float32 [4]: (xmin / 480, ymin / 320, xmax / 480, ymax / 320), not clipped.
+    """
+    x, y = _coords(obj, "pixel_coords", 2)[:2]
+    x1, y1, z1 = _coords(obj, "3d_coords", 3)[:3]
+    shape = _field(obj, "shape")
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r} (expected one of {', '.join(SHAPES)})")
+    cos, sin = _right_vector(directions)
+    x1r = x1 * cos + y1 * sin
+    # The reference rotates y with the already-rotated x; kept so that boxes
+    # match the paper's numbers (SPEC section 7).
+    y1r = x1r * (-sin) + y1 * cos
+    h_d = 6.9 * z1 * (15 - y1r) / 2
+    h_u = w_l = w_r = h_d
+    if shape == "cylinder":
+        d = 9.4 + y1r
+        h = 6.4
+        s = z1
+        h_u *= (s * (h / d + 1)) / ((s * (h / d + 1)) - (s * (h - s) / d))
+        h_d = h_u * (h - s + d) / (h + s + d)
+        w_l *= 11 / (10 + y1r)
+        w_r = w_l
+    elif shape == "cube":
+        h_u *= 1.3 * 10 / (10 + y1r)
+        h_d = w_l = w_r = h_u
+    return np.array([(x - w_l) / WIDTH, (y - h_d) / HEIGHT, (x + w_r) / WIDTH,
+                     (y + h_u) / HEIGHT], np.float32)
 
 
 def scene_name(scene, index=None):
-  """How errors refer to a scene: its image file name, else its index."""
-  name = scene.get("image_filename") if isinstance(scene, dict) else None
-  if index is None:
-    return f"scene {name}" if name else "scene"
-  return f"scene {index} ({name})" if name else f"scene {index}"
+    """How errors refer to a scene: its image file name, else its index."""
+    name = scene.get("image_filename") if isinstance(scene, dict) else None
+    if index is None:
+        return f"scene {name}" if name else "scene"
+    return f"scene {index} ({name})" if name else f"scene {index}"
 
 
 def _objects(scene, where, max_objects):
-  objects = _field(scene, "objects") if isinstance(scene, dict) else None
-  if not isinstance(objects, list):
-    raise ValueError(f"{where}: field 'objects' is missing or not a list")
-  if len(objects) > max_objects:
-    raise OversizedSceneError(
-        f"{where} has {len(objects)} objects, more than max_objects="
-        f"{max_objects} (pass skip_oversized=True to skip such scenes)")
-  return objects
+    objects = _field(scene, "objects") if isinstance(scene, dict) else None
+    if not isinstance(objects, list):
+        raise ValueError(f"{where}: field 'objects' is missing or not a list")
+    if len(objects) > max_objects:
+        raise OversizedSceneError(
+            f"{where} has {len(objects)} objects, more than max_objects="
+            f"{max_objects} (pass skip_oversized=True to skip such scenes)")
+    return objects
 
 
 def _per_object(scene, fn, dim, max_objects, index):
-  where = scene_name(scene, index)
-  objects = _objects(scene, where, max_objects)
-  out = np.zeros([max_objects, dim], np.float32)
-  mask = np.zeros([max_objects], np.float32)
-  for i, obj in enumerate(objects):
-    try:
-      out[i] = fn(obj)
-    except ValueError as e:
-      raise ValueError(f"{where}, object {i}: {e}") from None
-    mask[i] = 1.0
-  return out, mask
+    where = scene_name(scene, index)
+    objects = _objects(scene, where, max_objects)
+    out = np.zeros([max_objects, dim], np.float32)
+    mask = np.zeros([max_objects], np.float32)
+    for i, obj in enumerate(objects):
+        try:
+            out[i] = fn(obj)
+        except ValueError as e:
+            raise ValueError(f"{where}, object {i}: {e}") from None
+        mask[i] = 1.0
+    return out, mask
 
 
 def scene_state(scene, *, max_objects=MAX_OBJECTS, index=None):
-  """States of a scene's objects, zero-padded in scene order.
+    """States of a scene's objects, zero-padded in scene order.
 
-  Args:
-    scene: a scene-JSON dict with `objects`.
-    max_objects: padded size; more objects raise `OversizedSceneError`.
-    index: the scene's position in its file, for error messages.
+    Args:
+      scene: a scene-JSON dict with `objects`.
+      max_objects: padded size; more objects raise `OversizedSceneError`.
+      index: the scene's position in its file, for error messages.
 
-  Returns:
-    (state float32 [max_objects, 18], mask float32 [max_objects]).
-  """
-  return _per_object(scene, object_state, STATE_DIM, max_objects, index)
+    Returns:
+      (state float32 [max_objects, 18], mask float32 [max_objects]).
+    """
+    return _per_object(scene, object_state, STATE_DIM, max_objects, index)
 
 
 def scene_boxes(scene, *, max_objects=MAX_OBJECTS, directions=None, index=None):
-  """Boxes of a scene's objects, zero-padded in scene order.
+    """Boxes of a scene's objects, zero-padded in scene order.
 
-  Args:
-    scene: a scene-JSON dict with `objects` and `directions`.
-    max_objects: padded size; more objects raise `OversizedSceneError`.
-    directions: overrides the scene's own `directions` (e.g. NOMINAL_RIGHT).
-    index: the scene's position in its file, for error messages.
+    Args:
+      scene: a scene-JSON dict with `objects` and `directions`.
+      max_objects: padded size; more objects raise `OversizedSceneError`.
+      directions: overrides the scene's own `directions` (e.g. NOMINAL_RIGHT).
+      index: the scene's position in its file, for error messages.
 
-  Returns:
-    (boxes float32 [max_objects, 4], mask float32 [max_objects]).
-  """
-  if directions is None:
-    try:
-      directions = _field(scene, "directions")
-      _right_vector(directions)
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"{scene_name(scene, index)}: directions: {e}") from None
-  return _per_object(scene, lambda obj: object_box(obj, directions), BOX_DIM,
-                     max_objects, index)
+    Returns:
+      (boxes float32 [max_objects, 4], mask float32 [max_objects]).
+    """
+    if directions is None:
+        try:
+            directions = _field(scene, "directions")
+            _right_vector(directions)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{scene_name(scene, index)}: directions: {e}") from None
+    return _per_object(scene, lambda obj: object_box(obj, directions), BOX_DIM,
+                       max_objects, index)
 
 
 class OversizedSceneError(ValueError):
-  """A scene has more objects than the padded set size."""
+    """A scene has more objects than the padded set size."""
 
 
 # --------------------------------------------------------------------------
@@ -233,68 +233,68 @@ class OversizedSceneError(ValueError):
 
 
 def _split_name(split):
-  # CLEVR's files say "val", TFDS says "validation"; accept both everywhere.
-  return {"validation": "val"}.get(split, split)
+    # CLEVR's files say "val", TFDS says "validation"; accept both everywhere.
+    return {"validation": "val"}.get(split, split)
 
 
 def load_scenes(source, split, *, max_objects=MAX_OBJECTS, skip_oversized=False):
-  """Reads a CLEVR scene file and computes every scene's labels.
+    """Reads a CLEVR scene file and computes every scene's labels.
 
-  Returns:
-    A dict with "scene_file", "image_paths" (list, scene order), "state"
-    [n, max_objects, 18], "boxes" [n, max_objects, 4], "mask" [n, max_objects]
-    and "skipped" (how many oversized scenes were dropped).
-  """
-  split = _split_name(split)
-  scene_file = os.path.join(source, "scenes", f"CLEVR_{split}_scenes.json")
-  if not os.path.isfile(scene_file):
-    raise FileNotFoundError(f"CLEVR scene file {scene_file} does not exist.")
-  try:
-    with open(scene_file, "rb") as f:
-      data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"Malformed scene JSON {scene_file}: {e}") from e
-  scenes = data.get("scenes") if isinstance(data, dict) else None
-  if not isinstance(scenes, list):
-    raise ValueError(f"Malformed scene JSON {scene_file}: no 'scenes' list.")
-
-  image_dir = os.path.join(source, "images", split)
-  paths, states, boxes, masks = [], [], [], []
-  skipped = 0
-  for index, scene in enumerate(scenes):
-    where = scene_name(scene if isinstance(scene, dict) else {}, index)
+    Returns:
+      A dict with "scene_file", "image_paths" (list, scene order), "state"
+      [n, max_objects, 18], "boxes" [n, max_objects, 4], "mask" [n, max_objects]
+      and "skipped" (how many oversized scenes were dropped).
+    """
+    split = _split_name(split)
+    scene_file = os.path.join(source, "scenes", f"CLEVR_{split}_scenes.json")
+    if not os.path.isfile(scene_file):
+        raise FileNotFoundError(f"CLEVR scene file {scene_file} does not exist.")
     try:
-      filename = _field(scene, "image_filename")
-      if not isinstance(filename, str) or not filename:
-        raise ValueError(f"field 'image_filename' is not a file name: {filename!r}")
-      state, mask = scene_state(scene, max_objects=max_objects, index=index)
-      box, _ = scene_boxes(scene, max_objects=max_objects, index=index)
-    except OversizedSceneError as e:
-      if not skip_oversized:
-        raise OversizedSceneError(f"{scene_file}: {e}") from None
-      skipped += 1
-      continue
-    except ValueError as e:
-      message = str(e)
-      if not message.startswith("scene"):
-        message = f"{where}: {message}"
-      raise ValueError(f"{scene_file}: {message}") from None
-    paths.append(os.path.join(image_dir, filename))
-    states.append(state)
-    boxes.append(box)
-    masks.append(mask)
-  if skipped:
-    logging.warning("CLEVR %s: skipped %d of %d scenes with more than %d objects.",
-                    split, skipped, len(scenes), max_objects)
-  n = len(paths)
-  return {
-      "scene_file": scene_file,
-      "image_paths": paths,
-      "state": np.stack(states) if n else np.zeros([0, max_objects, STATE_DIM], np.float32),
-      "boxes": np.stack(boxes) if n else np.zeros([0, max_objects, BOX_DIM], np.float32),
-      "mask": np.stack(masks) if n else np.zeros([0, max_objects], np.float32),
-      "skipped": skipped,
-  }
+        with open(scene_file, "rb") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"Malformed scene JSON {scene_file}: {e}") from e
+    scenes = data.get("scenes") if isinstance(data, dict) else None
+    if not isinstance(scenes, list):
+        raise ValueError(f"Malformed scene JSON {scene_file}: no 'scenes' list.")
+
+    image_dir = os.path.join(source, "images", split)
+    paths, states, boxes, masks = [], [], [], []
+    skipped = 0
+    for index, scene in enumerate(scenes):
+        where = scene_name(scene if isinstance(scene, dict) else {}, index)
+        try:
+            filename = _field(scene, "image_filename")
+            if not isinstance(filename, str) or not filename:
+                raise ValueError(f"field 'image_filename' is not a file name: {filename!r}")
+            state, mask = scene_state(scene, max_objects=max_objects, index=index)
+            box, _ = scene_boxes(scene, max_objects=max_objects, index=index)
+        except OversizedSceneError as e:
+            if not skip_oversized:
+                raise OversizedSceneError(f"{scene_file}: {e}") from None
+            skipped += 1
+            continue
+        except ValueError as e:
+            message = str(e)
+            if not message.startswith("scene"):
+                message = f"{where}: {message}"
+            raise ValueError(f"{scene_file}: {message}") from None
+        paths.append(os.path.join(image_dir, filename))
+        states.append(state)
+        boxes.append(box)
+        masks.append(mask)
+    if skipped:
+        logging.warning("CLEVR %s: skipped %d of %d scenes with more than %d objects.",
+                        split, skipped, len(scenes), max_objects)
+    n = len(paths)
+    return {
+        "scene_file": scene_file,
+        "image_paths": paths,
+        "state": np.stack(states) if n else np.zeros([0, max_objects, STATE_DIM], np.float32),
+        "boxes": np.stack(boxes) if n else np.zeros([0, max_objects, BOX_DIM], np.float32),
+        "mask": np.stack(masks) if n else np.zeros([0, max_objects], np.float32),
+        "skipped": skipped,
+    }
 
 
 # --------------------------------------------------------------------------
@@ -302,149 +302,149 @@ def load_scenes(source, split, *, max_objects=MAX_OBJECTS, skip_oversized=False)
 
 
 def resize_image(image, image_size):
-  """uint8 [H, W, C>=3] -> uint8 [S, S, 3]: alpha dropped, bilinear, antialiased."""
-  image = image[..., :3]
-  image = tf.image.resize(image, [image_size, image_size], method="bilinear",
-                          antialias=True)  # Shape: [S, S, 3], float in [0, 255].
-  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+    """uint8 [H, W, C>=3] -> uint8 [S, S, 3]: alpha dropped, bilinear, antialiased."""
+    image = image[..., :3]
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear",
+                            antialias=True)  # Shape: [S, S, 3], float in [0, 255].
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
 def _decode_file(path, image_size):
-  # channels=4 makes RGB, grey and RGBA files alike before alpha is dropped.
-  image = tf.io.decode_png(tf.io.read_file(path), channels=4)
-  return resize_image(image, image_size)
+    # channels=4 makes RGB, grey and RGBA files alike before alpha is dropped.
+    image = tf.io.decode_png(tf.io.read_file(path), channels=4)
+    return resize_image(image, image_size)
 
 
 def default_cache_dir():
-  """$DSPN_TF_CACHE, else ~/.cache/dspn_tf (data folders are often read-only)."""
-  root = os.environ.get("DSPN_TF_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "dspn_tf")
-  return os.path.join(root, "clevr")
+    """$DSPN_TF_CACHE, else ~/.cache/dspn_tf (data folders are often read-only)."""
+    root = os.environ.get("DSPN_TF_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "dspn_tf")
+    return os.path.join(root, "clevr")
 
 
 def _hash(*parts):
-  h = hashlib.sha256()
-  for part in parts:
-    h.update(repr(part).encode())
-    h.update(b"\0")
-  return h.hexdigest()
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _folder_cache_key(scene_file, image_paths, image_size, skip_oversized):
-  """Changes when the scene file, any image file or the image size changes."""
-  st = os.stat(scene_file)
-  stats = []
-  for path in image_paths:
-    try:
-      s = os.stat(path)
-    except FileNotFoundError:
-      raise FileNotFoundError(f"CLEVR image {path} does not exist.") from None
-    stats.append((os.path.basename(path), s.st_size, s.st_mtime_ns))
-  return _hash(_CACHE_VERSION, st.st_size, st.st_mtime_ns, image_size,
-               skip_oversized, stats)
+    """Changes when the scene file, any image file or the image size changes."""
+    st = os.stat(scene_file)
+    stats = []
+    for path in image_paths:
+        try:
+            s = os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"CLEVR image {path} does not exist.") from None
+        stats.append((os.path.basename(path), s.st_size, s.st_mtime_ns))
+    return _hash(_CACHE_VERSION, st.st_size, st.st_mtime_ns, image_size,
+                 skip_oversized, stats)
 
 
 def _read_cache(entry, image_size):
-  """The cached images, in order, or None when `entry` is not a finished cache."""
-  try:
-    with open(os.path.join(entry, "meta.json")) as f:
-      meta = json.load(f)
-  except (OSError, ValueError):
-    return None
-  if meta.get("version") != _CACHE_VERSION or meta.get("image_size") != image_size:
-    return None
-  shards = [os.path.join(entry, s) for s in meta["shards"]]
-  if not all(os.path.isfile(s) for s in shards):
-    return None
-  # One file at a time keeps the scene order (parallel reads would interleave
-  # shards); fixed-size raw records make this read cheap anyway.
-  ds = tf.data.TFRecordDataset(shards, buffer_size=8 << 20)
+    """The cached images, in order, or None when `entry` is not a finished cache."""
+    try:
+        with open(os.path.join(entry, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if meta.get("version") != _CACHE_VERSION or meta.get("image_size") != image_size:
+        return None
+    shards = [os.path.join(entry, s) for s in meta["shards"]]
+    if not all(os.path.isfile(s) for s in shards):
+        return None
+    # One file at a time keeps the scene order (parallel reads would interleave
+    # shards); fixed-size raw records make this read cheap anyway.
+    ds = tf.data.TFRecordDataset(shards, buffer_size=8 << 20)
 
-  def parse(record):
-    image = tf.io.decode_raw(record, tf.uint8)
-    return tf.reshape(image, [image_size, image_size, 3])
+    def parse(record):
+        image = tf.io.decode_raw(record, tf.uint8)
+        return tf.reshape(image, [image_size, image_size, 3])
 
-  return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE), meta
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE), meta
 
 
 def _write_cache(entry, images, names, image_size, extra_meta):
-  """Writes `images` (a dataset of uint8 [S, S, 3]) to `entry` atomically.
+    """Writes `images` (a dataset of uint8 [S, S, 3]) to `entry` atomically.
 
-  The shards go to a temporary sibling directory that is renamed into place
-  only once complete, so a killed run never leaves a cache that looks valid.
-  `names[k]` names example k in decode errors.
-  """
-  root = os.path.dirname(entry)
-  os.makedirs(root, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(entry) + ".tmp-", dir=root)
-  try:
-    shards, count, writer = [], 0, None
-    iterator = iter(images.prefetch(tf.data.AUTOTUNE))
-    start = time.time()
-    while True:
-      try:
-        image = next(iterator)
-      except StopIteration:
-        break
-      except tf.errors.OpError as e:
-        # The map is deterministic, so the failing example is the next one.
-        culprit = names[count] if count < len(names) else f"example {count}"
-        raise ValueError(f"Cannot read or decode CLEVR image {culprit}: "
-                         f"{e.message}") from None
-      if count % _SHARD_SIZE == 0:
-        if writer:
-          writer.close()
-        shards.append(f"images-{len(shards):05d}.tfrecord")
-        writer = tf.io.TFRecordWriter(os.path.join(tmp, shards[-1]))
-      writer.write(image.numpy().tobytes())
-      count += 1
-    if writer:
-      writer.close()
-    meta = {"version": _CACHE_VERSION, "image_size": image_size,
-            "count": count, "shards": shards, **extra_meta}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-      json.dump(meta, f)
+    The shards go to a temporary sibling directory that is renamed into place
+    only once complete, so a killed run never leaves a cache that looks valid.
+    `names[k]` names example k in decode errors.
+    """
+    root = os.path.dirname(entry)
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(entry) + ".tmp-", dir=root)
     try:
-      os.rename(tmp, entry)
-    except OSError:
-      # Another process finished the same cache first; theirs is as good.
-      if _read_cache(entry, image_size) is None:
+        shards, count, writer = [], 0, None
+        iterator = iter(images.prefetch(tf.data.AUTOTUNE))
+        start = time.time()
+        while True:
+            try:
+                image = next(iterator)
+            except StopIteration:
+                break
+            except tf.errors.OpError as e:
+                # The map is deterministic, so the failing example is the next one.
+                culprit = names[count] if count < len(names) else f"example {count}"
+                raise ValueError(f"Cannot read or decode CLEVR image {culprit}: "
+                                 f"{e.message}") from None
+            if count % _SHARD_SIZE == 0:
+                if writer:
+                    writer.close()
+                shards.append(f"images-{len(shards):05d}.tfrecord")
+                writer = tf.io.TFRecordWriter(os.path.join(tmp, shards[-1]))
+            writer.write(image.numpy().tobytes())
+            count += 1
+        if writer:
+            writer.close()
+        meta = {"version": _CACHE_VERSION, "image_size": image_size,
+                "count": count, "shards": shards, **extra_meta}
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f)
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            # Another process finished the same cache first; theirs is as good.
+            if _read_cache(entry, image_size) is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        logging.info("Cached %d CLEVR images at %dpx in %s (%.1fs).", count,
+                     image_size, entry, time.time() - start)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-      shutil.rmtree(tmp, ignore_errors=True)
-    logging.info("Cached %d CLEVR images at %dpx in %s (%.1fs).", count,
-                 image_size, entry, time.time() - start)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def _prune_stale(entry, prefix):
-  """Deletes caches of the same source and size made from an older version of it."""
-  root = os.path.dirname(entry)
-  for other in glob.glob(os.path.join(root, glob.escape(prefix) + "*")):
-    if other == entry:
-      continue
-    if ".tmp-" in other and time.time() - os.path.getmtime(other) < 24 * 3600:
-      continue  # Possibly another process still writing.
-    shutil.rmtree(other, ignore_errors=True)
+    """Deletes caches of the same source and size made from an older version of it."""
+    root = os.path.dirname(entry)
+    for other in glob.glob(os.path.join(root, glob.escape(prefix) + "*")):
+        if other == entry:
+            continue
+        if ".tmp-" in other and time.time() - os.path.getmtime(other) < 24 * 3600:
+            continue  # Possibly another process still writing.
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def _cached_images(make_images, names, *, cache_dir, prefix, key, image_size,
                    expected_count, extra_meta=None):
-  entry = os.path.join(cache_dir, f"{prefix}{key[:20]}")
-  found = _read_cache(entry, image_size)
-  if found is None:
-    _write_cache(entry, make_images(), names, image_size, extra_meta or {})
-    _prune_stale(entry, prefix)
+    entry = os.path.join(cache_dir, f"{prefix}{key[:20]}")
     found = _read_cache(entry, image_size)
     if found is None:
-      raise RuntimeError(f"CLEVR image cache {entry} unreadable right after writing.")
-  images, meta = found
-  if expected_count is not None and meta["count"] != expected_count:
-    raise ValueError(
-        f"CLEVR image cache {entry} holds {meta['count']} images, the labels "
-        f"{expected_count}; delete it to rebuild.")
-  return images, meta
+        _write_cache(entry, make_images(), names, image_size, extra_meta or {})
+        _prune_stale(entry, prefix)
+        found = _read_cache(entry, image_size)
+        if found is None:
+            raise RuntimeError(f"CLEVR image cache {entry} unreadable right after writing.")
+    images, meta = found
+    if expected_count is not None and meta["count"] != expected_count:
+        raise ValueError(
+            f"CLEVR image cache {entry} holds {meta['count']} images, the labels "
+            f"{expected_count}; delete it to rebuild.")
+    return images, meta
 
 
 # --------------------------------------------------------------------------
@@ -452,129 +452,129 @@ def _cached_images(make_images, names, *, cache_dir, prefix, key, image_size,
 
 
 def _finish(images, labels, shuffle, seed):
-  ds = tf.data.Dataset.zip((images, labels))
-  if shuffle:
-    # Shuffle while images are still uint8 (4x smaller than float32).
-    ds = ds.shuffle(1000, seed=seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip((images, labels))
+    if shuffle:
+        # Shuffle while images are still uint8 (4x smaller than float32).
+        ds = ds.shuffle(1000, seed=seed, reshuffle_each_iteration=True)
 
-  def to_example(image, label):
-    return {"image": tf.cast(image, tf.float32) / 255.0, **label}
+    def to_example(image, label):
+        return {"image": tf.cast(image, tf.float32) / 255.0, **label}
 
-  return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-      tf.data.AUTOTUNE)
+    return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)
 
 
 def _folder_dataset(source, split, *, image_size, use_cache, cache_dir,
                     max_objects, skip_oversized):
-  if not os.path.isdir(source):
-    raise FileNotFoundError(f"CLEVR folder {source} does not exist.")
-  scenes = load_scenes(source, split, max_objects=max_objects,
-                       skip_oversized=skip_oversized)
-  paths = scenes["image_paths"]
-  labels = tf.data.Dataset.from_tensor_slices(
-      {k: scenes[k] for k in ("state", "boxes", "mask")})
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"CLEVR folder {source} does not exist.")
+    scenes = load_scenes(source, split, max_objects=max_objects,
+                         skip_oversized=skip_oversized)
+    paths = scenes["image_paths"]
+    labels = tf.data.Dataset.from_tensor_slices(
+        {k: scenes[k] for k in ("state", "boxes", "mask")})
 
-  def make_images():
-    return tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).map(
-        lambda p: _decode_file(p, image_size),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def make_images():
+        return tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).map(
+            lambda p: _decode_file(p, image_size),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-  if not use_cache:
-    for path in paths:  # Name a missing file now rather than mid-epoch.
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f"CLEVR image {path} does not exist.")
-    return make_images(), labels
-  key = _folder_cache_key(scenes["scene_file"], paths, image_size, skip_oversized)
-  source_id = _hash(os.path.abspath(scenes["scene_file"]))[:10]
-  prefix = f"{_split_name(split)}-{image_size}px-{source_id}-"
-  images, _ = _cached_images(
-      make_images, paths, cache_dir=cache_dir, prefix=prefix, key=key,
-      image_size=image_size, expected_count=len(paths),
-      extra_meta={"scene_file": os.path.abspath(scenes["scene_file"])})
-  return images, labels
+    if not use_cache:
+        for path in paths:  # Name a missing file now rather than mid-epoch.
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"CLEVR image {path} does not exist.")
+        return make_images(), labels
+    key = _folder_cache_key(scenes["scene_file"], paths, image_size, skip_oversized)
+    source_id = _hash(os.path.abspath(scenes["scene_file"]))[:10]
+    prefix = f"{_split_name(split)}-{image_size}px-{source_id}-"
+    images, _ = _cached_images(
+        make_images, paths, cache_dir=cache_dir, prefix=prefix, key=key,
+        image_size=image_size, expected_count=len(paths),
+        extra_meta={"scene_file": os.path.abspath(scenes["scene_file"])})
+    return images, labels
 
 
 def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
                   max_objects, skip_oversized, with_boxes,
                   tfds_name):
-  import tensorflow_datasets as tfds  # Deferred: slow to import, optional path.
+    import tensorflow_datasets as tfds  # Deferred: slow to import, optional path.
 
-  builder = tfds.builder(tfds_name, data_dir=data_dir)
-  split = {"val": "validation"}.get(split, split)
-  object_features = builder.info.features["objects"]
-  # TFDS numbers the attribute values in its own order; map them to SPEC's.
-  remaps = []
-  for name, vocabulary in ATTRIBUTES:
-    names = object_features[name].names
-    unknown = [v for v in names if v not in vocabulary]
-    if unknown:
-      raise ValueError(f"TFDS clevr has unknown {name} values {unknown}.")
-    remaps.append(np.array([vocabulary.index(v) for v in names], np.int64))
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    split = {"val": "validation"}.get(split, split)
+    object_features = builder.info.features["objects"]
+    # TFDS numbers the attribute values in its own order; map them to SPEC's.
+    remaps = []
+    for name, vocabulary in ATTRIBUTES:
+        names = object_features[name].names
+        unknown = [v for v in names if v not in vocabulary]
+        if unknown:
+            raise ValueError(f"TFDS clevr has unknown {name} values {unknown}.")
+        remaps.append(np.array([vocabulary.index(v) for v in names], np.int64))
 
-  def labels_of(example):
-    objects = example["objects"]
+    def labels_of(example):
+        objects = example["objects"]
 
-    def compute(file_name, coords, pixels, material, color, shape, size):
-      where = f"TFDS clevr {split} scene {file_name.decode()}"
-      n = coords.shape[0]
-      if n > max_objects:
-        raise ValueError(f"{where} has {n} objects, more than max_objects="
-                         f"{max_objects} (pass skip_oversized=True)")
-      state = np.zeros([max_objects, STATE_DIM], np.float32)
-      boxes = np.zeros([max_objects, BOX_DIM], np.float32)
-      mask = np.zeros([max_objects], np.float32)
-      for i in range(n):
-        obj = {"3d_coords": coords[i], "pixel_coords": pixels[i]}
-        for (name, vocabulary), remap, value in zip(
-            ATTRIBUTES, remaps, (material, color, shape, size)):
-          obj[name] = vocabulary[remap[value[i]]]
-        state[i] = object_state(obj)
+        def compute(file_name, coords, pixels, material, color, shape, size):
+            where = f"TFDS clevr {split} scene {file_name.decode()}"
+            n = coords.shape[0]
+            if n > max_objects:
+                raise ValueError(f"{where} has {n} objects, more than max_objects="
+                                 f"{max_objects} (pass skip_oversized=True)")
+            state = np.zeros([max_objects, STATE_DIM], np.float32)
+            boxes = np.zeros([max_objects, BOX_DIM], np.float32)
+            mask = np.zeros([max_objects], np.float32)
+            for i in range(n):
+                obj = {"3d_coords": coords[i], "pixel_coords": pixels[i]}
+                for (name, vocabulary), remap, value in zip(
+                        ATTRIBUTES, remaps, (material, color, shape, size)):
+                    obj[name] = vocabulary[remap[value[i]]]
+                state[i] = object_state(obj)
+                if with_boxes:
+                    boxes[i] = object_box(obj, NOMINAL_RIGHT)
+                mask[i] = 1.0
+            return state, boxes, mask
+
+        state, boxes, mask = tf.numpy_function(
+            compute, [example["file_name"], objects["3d_coords"],
+                      objects["pixel_coords"], objects["material"],
+                      objects["color"], objects["shape"], objects["size"]],
+            [tf.float32, tf.float32, tf.float32], stateful=False)
+        state.set_shape([max_objects, STATE_DIM])
+        boxes.set_shape([max_objects, BOX_DIM])
+        mask.set_shape([max_objects])
+        out = {"state": state, "mask": mask}
         if with_boxes:
-          boxes[i] = object_box(obj, NOMINAL_RIGHT)
-        mask[i] = 1.0
-      return state, boxes, mask
+            out["boxes"] = boxes
+        return out
 
-    state, boxes, mask = tf.numpy_function(
-        compute, [example["file_name"], objects["3d_coords"],
-                  objects["pixel_coords"], objects["material"],
-                  objects["color"], objects["shape"], objects["size"]],
-        [tf.float32, tf.float32, tf.float32], stateful=False)
-    state.set_shape([max_objects, STATE_DIM])
-    boxes.set_shape([max_objects, BOX_DIM])
-    mask.set_shape([max_objects])
-    out = {"state": state, "mask": mask}
-    if with_boxes:
-      out["boxes"] = boxes
-    return out
+    def small_enough(example):
+        return tf.shape(example["objects"]["shape"])[0] <= max_objects
 
-  def small_enough(example):
-    return tf.shape(example["objects"]["shape"])[0] <= max_objects
+    def examples(decode_images):
+        decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
+        ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+        if skip_oversized:
+            ds = ds.filter(small_enough)
+        return ds
 
-  def examples(decode_images):
-    decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
-    if skip_oversized:
-      ds = ds.filter(small_enough)
-    return ds
+    labels = examples(False).map(labels_of, num_parallel_calls=tf.data.AUTOTUNE)
 
-  labels = examples(False).map(labels_of, num_parallel_calls=tf.data.AUTOTUNE)
+    def make_images():
+        return examples(True).map(lambda e: resize_image(e["image"], image_size),
+                                  num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True)
 
-  def make_images():
-    return examples(True).map(lambda e: resize_image(e["image"], image_size),
-                              num_parallel_calls=tf.data.AUTOTUNE,
-                              deterministic=True)
-
-  if not use_cache:
-    return make_images(), labels
-  info = builder.info
-  num_examples = info.splits[split].num_examples if split in info.splits else None
-  key = _hash(_CACHE_VERSION, info.full_name, split,
-              os.path.abspath(builder.data_dir), num_examples, image_size,
-              skip_oversized, max_objects)
-  prefix = f"tfds-{split}-{image_size}px-{_hash(info.full_name, builder.data_dir)[:10]}-"
-  images, _ = _cached_images(make_images, [], cache_dir=cache_dir, prefix=prefix,
-                             key=key, image_size=image_size, expected_count=None)
-  return images, labels
+    if not use_cache:
+        return make_images(), labels
+    info = builder.info
+    num_examples = info.splits[split].num_examples if split in info.splits else None
+    key = _hash(_CACHE_VERSION, info.full_name, split,
+                os.path.abspath(builder.data_dir), num_examples, image_size,
+                skip_oversized, max_objects)
+    prefix = f"tfds-{split}-{image_size}px-{_hash(info.full_name, builder.data_dir)[:10]}-"
+    images, _ = _cached_images(make_images, [], cache_dir=cache_dir, prefix=prefix,
+                               key=key, image_size=image_size, expected_count=None)
+    return images, labels
 
 
 def build_dataset(source,
@@ -591,58 +591,58 @@ def build_dataset(source,
                   max_objects=MAX_OBJECTS,
                   shuffle=False,
                   seed=None):
-  """The CLEVR `tf.data.Dataset` (unbatched), in scene-file order unless shuffled.
+    """The CLEVR `tf.data.Dataset` (unbatched), in scene-file order unless shuffled.
 
-  Args:
-    source: a `CLEVR_v1.0` folder, or "tfds" for TFDS `clevr` 3.x.
-    split: "train", "val" (or "validation"); "test" has no scenes.
-    image_size: side S of the square images (128 in the paper).
-    cache_dir: where the decoded, resized uint8 images are cached; default
-      `default_cache_dir()`. A cache entry is keyed on the scene file's size
-      and mtime, every image's name, size and mtime, and `image_size`, so a
-      changed source or size builds a new entry (and prunes the stale one).
-    use_cache: False decodes the PNGs on every pass instead.
-    skip_oversized: drop scenes with more than `max_objects` objects (their
-      count is logged) instead of raising `OversizedSceneError`.
-    allow_approximate_boxes: TFDS only. TFDS drops the camera `directions` the
-      box formula needs; True computes boxes with `NOMINAL_RIGHT`, the
-      camera's right vector in CLEVR v1.0 scenes (identical in every scene
-      we checked, but not guaranteed). False (default) with `with_boxes`
-      raises ValueError.
-    with_boxes: include "boxes". From TFDS, pass False for the state task
-      alone, or allow_approximate_boxes=True.
-    data_dir: TFDS data directory.
-    tfds_name: TFDS name, with a version if wanted ("clevr:3.0.0" skips the
-      question/answer text of 3.1.0).
-    max_objects: padded set size.
-    shuffle: shuffle examples (buffer of 1000) on every pass.
-    seed: shuffle seed.
+    Args:
+      source: a `CLEVR_v1.0` folder, or "tfds" for TFDS `clevr` 3.x.
+      split: "train", "val" (or "validation"); "test" has no scenes.
+      image_size: side S of the square images (128 in the paper).
+      cache_dir: where the decoded, resized uint8 images are cached; default
+        `default_cache_dir()`. A cache entry is keyed on the scene file's size
+        and mtime, every image's name, size and mtime, and `image_size`, so a
+        changed source or size builds a new entry (and prunes the stale one).
+      use_cache: False decodes the PNGs on every pass instead.
+      skip_oversized: drop scenes with more than `max_objects` objects (their
+        count is logged) instead of raising `OversizedSceneError`.
+      allow_approximate_boxes: TFDS only. TFDS drops the camera `directions` the
+        box formula needs; True computes boxes with `NOMINAL_RIGHT`, the
+        camera's right vector in CLEVR v1.0 scenes (identical in every scene
+        we checked, but not guaranteed). False (default) with `with_boxes`
+        raises ValueError.
+      with_boxes: include "boxes". From TFDS, pass False for the state task
+        alone, or allow_approximate_boxes=True.
+      data_dir: TFDS data directory.
+      tfds_name: TFDS name, with a version if wanted ("clevr:3.0.0" skips the
+        question/answer text of 3.1.0).
+      max_objects: padded set size.
+      shuffle: shuffle examples (buffer of 1000) on every pass.
+      seed: shuffle seed.
 
-  Returns:
-    Dataset of {"image": float32 [S, S, 3] in [0, 1], "state": float32
-    [max_objects, 18], "boxes": float32 [max_objects, 4], "mask": float32
-    [max_objects]}.
-  """
-  if image_size < 1:
-    raise ValueError(f"image_size must be positive, got {image_size}.")
-  cache_dir = cache_dir or default_cache_dir()
-  if source == "tfds":
-    if with_boxes and not allow_approximate_boxes:
-      raise ValueError(
-          "TFDS clevr records no camera `directions`, which the box formula "
-          "needs, so its boxes can only be approximate. Pass "
-          "allow_approximate_boxes=True to compute them with CLEVR's nominal "
-          "camera (NOMINAL_RIGHT), or with_boxes=False for state only.")
-    images, labels = _tfds_dataset(
-        split, image_size=image_size, use_cache=use_cache, cache_dir=cache_dir,
-        data_dir=data_dir, max_objects=max_objects,
-        skip_oversized=skip_oversized,
-        with_boxes=with_boxes, tfds_name=tfds_name)
-  else:
-    images, labels = _folder_dataset(
-        source, split, image_size=image_size, use_cache=use_cache,
-        cache_dir=cache_dir, max_objects=max_objects,
-        skip_oversized=skip_oversized)
-  if not with_boxes:
-    labels = labels.map(lambda d: {k: v for k, v in d.items() if k != "boxes"})
-  return _finish(images, labels, shuffle, seed)
+    Returns:
+      Dataset of {"image": float32 [S, S, 3] in [0, 1], "state": float32
+      [max_objects, 18], "boxes": float32 [max_objects, 4], "mask": float32
+      [max_objects]}.
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}.")
+    cache_dir = cache_dir or default_cache_dir()
+    if source == "tfds":
+        if with_boxes and not allow_approximate_boxes:
+            raise ValueError(
+                "TFDS clevr records no camera `directions`, which the box formula "
+                "needs, so its boxes can only be approximate. Pass "
+                "allow_approximate_boxes=True to compute them with CLEVR's nominal "
+                "camera (NOMINAL_RIGHT), or with_boxes=False for state only.")
+        images, labels = _tfds_dataset(
+            split, image_size=image_size, use_cache=use_cache, cache_dir=cache_dir,
+            data_dir=data_dir, max_objects=max_objects,
+            skip_oversized=skip_oversized,
+            with_boxes=with_boxes, tfds_name=tfds_name)
+    else:
+        images, labels = _folder_dataset(
+            source, split, image_size=image_size, use_cache=use_cache,
+            cache_dir=cache_dir, max_objects=max_objects,
+            skip_oversized=skip_oversized)
+    if not with_boxes:
+        labels = labels.map(lambda d: {k: v for k, v in d.items() if k != "boxes"})
+    return _finish(images, labels, shuffle, seed)
