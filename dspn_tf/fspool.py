@@ -126,8 +126,14 @@ class FSPool(keras.layers.Layer):
         # gradients (~15% of a set-MNIST training step before).
         x_t = tf.transpose(tf.stop_gradient(keys), [0, 2, 1])  # Shape: [batch, C, set_size].
         _, order = tf.math.top_k(x_t, k=set_size, sorted=True)  # Descending; ties keep index order.
-        # The inverse permutation: rank[b, c, j] = position of element j.
-        _, rank = tf.math.top_k(-order, k=set_size, sorted=True)
+        # The inverse permutation, rank[b, c, j] = position of element j, as
+        # one integer scatter (a second top_k would cost as much as the sort).
+        rows = tf.shape(order)[0] * tf.shape(order)[1]
+        flat = tf.reshape(order + set_size * tf.reshape(tf.range(rows), tf.shape(order)[:2])[..., None], [-1])
+        positions_int = tf.broadcast_to(tf.range(set_size), tf.shape(order))
+        rank = tf.reshape(
+            tf.math.unsorted_segment_sum(tf.reshape(positions_int, [-1]), flat, rows * set_size), tf.shape(order)
+        )  # Shape: [batch, C, set_size].
         if mask is None:
             n = tf.cast(set_size, dtype)
             ratio = positions / tf.maximum(n - 1.0, 1.0)  # Shape: [set_size].

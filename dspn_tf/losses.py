@@ -107,6 +107,14 @@ def _huber_grad(x, delta=1.0):
     return tf.clip_by_value(x, -delta, delta)
 
 
+def _scatter_add(values, index, size):
+    """`out[k, index[k, i]] += values[k, i]` for `[k, l, F]` values → `[k, size, F]`."""
+    k = tf.shape(values)[0]
+    flat = tf.reshape(index + size * tf.range(k)[:, None], [-1])
+    out = tf.math.unsorted_segment_sum(tf.reshape(values, [-1, tf.shape(values)[2]]), flat, k * size)
+    return tf.reshape(out, [k, size, tf.shape(values)[2]])
+
+
 @tf.custom_gradient
 def _chamfer_pairs(pred, target):
     """Per-sample Chamfer `mean_j min_i d + mean_i min_j d` of `[k, n, F]` / `[k, m, F]`.
@@ -132,11 +140,8 @@ def _chamfer_pairs(pred, target):
         # Term mean_i min_j: prediction i pulls on its nearest target arg_j[i].
         g_from = _huber_grad(pred - tf.gather(target, arg_j, batch_dims=1)) * (
             up / (features * tf.cast(n, dtype)))  # Shape: [k, n, F].
-        # Scatter-adds written as one-hot matmuls: deterministic on every device.
-        to_pred = tf.one_hot(arg_i, n, dtype=dtype)  # Shape: [k, m, n].
-        to_target = tf.one_hot(arg_j, m, dtype=dtype)  # Shape: [k, n, m].
-        d_pred = tf.linalg.matmul(to_pred, g_to, transpose_a=True) + g_from
-        d_target = -g_to - tf.linalg.matmul(to_target, g_from, transpose_a=True)
+        d_pred = _scatter_add(g_to, arg_i, n) + g_from
+        d_target = -g_to - _scatter_add(g_from, arg_j, m)
         return d_pred, d_target
 
     return value, grad
@@ -172,7 +177,8 @@ def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, reduction="mean
 
     steps = pred_sets.shape[0]
     if steps is not None:
-        per_step = [one_step((pred_sets[t], pred_masks[t])) for t in range(steps)]
+        # unstack, not pred_sets[t]: the gradient of 11 slices would be 11 full-size zero tensors.
+        per_step = [one_step(pair) for pair in zip(tf.unstack(pred_sets), tf.unstack(pred_masks))]
         per_sample = tf.add_n(per_step) / float(steps)
     else:
         per_sample = tf.reduce_mean(
