@@ -72,10 +72,12 @@ def loss_by_step(model_dir):
             for e in acc.Tensors("train/loss")}
 
 
-def test_clevr_state_dspn_trains_evaluates_and_logs(tmp_path, cache):
+def test_clevr_state_dspn_trains_evaluates_and_logs(tmp_path, cache, capsys):
     model_dir = str(tmp_path / "run")
     run(["--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_dspn.cfg"), *TINY, f"--cache_dir={cache}",
          f"--model_dir={model_dir}", "--train_steps=3", "--checkpoint_every=2", "--image_every=2"])
+    # The train step is traced once and reused by every step.
+    assert "1 trace(s) of the train step" in capsys.readouterr().out
     results = json.load(open(os.path.join(model_dir, "eval_results.json")))
     assert results["step"] == 3
     assert set(results["results"]) == {"1", "2"}
@@ -162,6 +164,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from dspn_tf.models import build_model
     from dspn_tf.training import LossSettings, Trainer
+    from train.train import split_for_replicas
 
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(size=(8, 16, 16, 3)).astype("float32"),
@@ -180,10 +183,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
             opt = keras.optimizers.SGD(0.1)
             opt.build(model.trainable_variables)
         trainer = Trainer(model, opt, settings, global_batch_size=8, strategy=strategy)
-        data = tf.data.Dataset.from_tensors(batch)
-        if strategy.num_replicas_in_sync > 1:
-            data = strategy.experimental_distribute_dataset(data)
-        out = trainer.train_step(next(iter(data)))
+        # The entry point's own input path: a plain iterator split per replica.
+        data = next(iter(tf.data.Dataset.from_tensors(batch)))
+        out = trainer.train_step(split_for_replicas(strategy, data, 8))
         return float(out["train/loss"]), [v.numpy() for v in model.trainable_variables]
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

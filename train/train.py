@@ -40,6 +40,8 @@ def _batches(dataset, batch_size, shuffle, seed):
 
 def _workers(strategy):
     """(number of workers, this worker's index, replicas on this worker)."""
+    if strategy.num_replicas_in_sync == 1:
+        return 1, 0, 1
     local = len(strategy.extended.worker_devices)
     workers = strategy.num_replicas_in_sync // local
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -66,7 +68,7 @@ def _train_data(strategy):
     return _batches(ds, FLAGS.batch_size // workers, True, FLAGS.seed), size
 
 
-def _split_for_replicas(strategy, batch):
+def split_for_replicas(strategy, batch, global_batch_size):
     """Hands each local replica its slice of this worker's batch.
 
     The batches come from a plain `tf.data` iterator (which, unlike a
@@ -75,7 +77,7 @@ def _split_for_replicas(strategy, batch):
     _, _, local = _workers(strategy)
     if strategy.num_replicas_in_sync == 1:
         return batch
-    per_replica = FLAGS.batch_size // strategy.num_replicas_in_sync
+    per_replica = global_batch_size // strategy.num_replicas_in_sync
 
     def slice_for(context):
         i = context.replica_id_in_sync_group % local
@@ -198,7 +200,7 @@ def main(argv):
     start, first_step = time.time(), int(step)
     running = None
     while int(step) < total_steps:
-        values = trainer.train_step(_split_for_replicas(strategy, next(iterator)))
+        values = trainer.train_step(split_for_replicas(strategy, next(iterator), FLAGS.batch_size))
         loss = float(values["train/loss"])
         if FLAGS.nan_at_step is not None and int(step) + 1 == FLAGS.nan_at_step:
             loss = float("nan")
