@@ -353,3 +353,30 @@ def test_invalid_arguments():
         export.ServingModule(_set_model(), max_iters=5)
     with pytest.raises(ValueError, match="SetAutoEncoder or ImageToSet"):
         export.ServingModule(model.encoder)
+
+
+def test_train_export_entry_point_restores_the_checkpoint(tmp_path):
+    from absl import flags
+
+    from train import common
+    from train import export as export_main
+
+    FLAGS = flags.FLAGS
+    argv = ["export", "--dataset=set_mnist", "--decoder=mlp", "--dim=8", "--latent=4", f"--model_dir={tmp_path}",
+            "--noexport_keras", "--only_the_trainer_defines_this=3"]
+    FLAGS.unparse_flags()
+    try:
+        assert export_main._parse_flags(argv) == ["export"]  # The unknown flag is ignored, not fatal.
+        model = common.build_model(FLAGS)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=keras.optimizers.Adam(), step=tf.Variable(3))
+        tf.train.CheckpointManager(checkpoint, str(tmp_path / "checkpoints"), max_to_keep=1).save()
+        export_main.main([])
+        FLAGS.latent = 5
+        with pytest.raises((AssertionError, ValueError)):  # A config that does not match the checkpoint.
+            export_main.restore(common.build_model(FLAGS), str(tmp_path / "checkpoints"))
+    finally:
+        FLAGS.unparse_flags()
+    loaded = tf.saved_model.load(str(tmp_path / "export" / "1"))
+    inputs = {"set": np.random.default_rng(0).random((2, 342, 2), dtype=np.float32), "mask": np.ones((2, 342), np.float32)}
+    np.testing.assert_allclose(loaded.signatures["serving_default"](**inputs)["set"], model(inputs)["sets"][-1],
+                               rtol=1e-5, atol=1e-5)
