@@ -8,7 +8,9 @@ dim 512, latent 512, N 10, C 18; timed through `decode`) and the default CPU
 config's image model (ConvEncoder + RNFSEncoder dim 128, latent 128, 128 px;
 timed through `serving_default`). Each is then loaded by
 `tf.saved_model.load` in a fresh Python process that never imports dspn_tf,
-and timed per iters: median of repeated calls after a warm-up call.
+and timed per iters: median wall time of repeated calls after a warm-up
+call, and the median process CPU time (all threads) per call, which says
+more than wall time when other work shares the machine.
 """
 
 import argparse
@@ -27,17 +29,19 @@ CHILD = textwrap.dedent("""
     fn = tf.saved_model.load(path).signatures[signature]
     rows = []
     for iters in iters_list:
-        for batch, repeats in ((1, 20), (64, 3)):
+        for batch, repeats in ((1, 10), (64, 3)):
             x = tf.random.uniform([batch] + shape)
             it = tf.constant(iters)
             fn(**{input_name: x}, iters=it)  # Warm-up.
-            times = []
+            times, cpu = [], []
             for _ in range(repeats):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn(**{input_name: x}, iters=it)["set"].numpy()
                 times.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
             median = float(np.median(times))
-            rows.append({"iters": iters, "batch": batch, "median_s": median, "per_second": batch / median})
+            rows.append({"iters": iters, "batch": batch, "median_s": median, "per_second": batch / median,
+                         "cpu_s": float(np.median(cpu))})
             print(json.dumps(rows[-1]), flush=True)
     print("RESULT " + json.dumps(rows))
 """)
@@ -80,7 +84,7 @@ def main():
         results[name] = rows
         for row in rows:
             print(f"  iters {row['iters']:>2}  batch {row['batch']:>2}: {1000 * row['median_s']:9.1f} ms/call"
-                  f"  {row['per_second']:8.1f} sets/s", flush=True)
+                  f"  {row['per_second']:8.1f} sets/s  cpu {1000 * row['cpu_s']:9.1f} ms/call", flush=True)
     print(json.dumps({"load_average": os.getloadavg(), "results": results}, indent=1))
 
 
