@@ -25,6 +25,17 @@ def _conv(filters, kernel, stride, padding, use_bias, name):
     return layers
 
 
+def _track(owner, layers):
+    """Makes each layer of a Python list an attribute of `owner`.
+
+    Keras 3 tracks list attributes for its own saving, but `tf.train.Checkpoint`
+    does not look inside them: without this, training checkpoints silently
+    miss every layer held in a list.
+    """
+    for layer in layers:
+        setattr(owner, f"tracked_{layer.name}", layer)
+
+
 def _build_chain(layers, shape):
     """Builds each layer on the output shape of the previous one; returns the last shape."""
     for layer in layers:
@@ -58,6 +69,7 @@ class BasicBlock(keras.layers.Layer):
             keras.layers.BatchNormalization(name="bn2", **_BN),
         ]
         self.shortcut = []
+        _track(self, self.body)
 
     def build(self, input_shape):
         if self.stride != 1 or input_shape[-1] != self.filters:
@@ -65,6 +77,7 @@ class BasicBlock(keras.layers.Layer):
                 *_conv(self.filters, 1, self.stride, 0, False, "downsample"),
                 keras.layers.BatchNormalization(name="downsample_bn", **_BN),
             ]
+            _track(self, self.shortcut)
         _build_chain(self.body, input_shape)
         _build_chain(self.shortcut, input_shape)
 
@@ -123,6 +136,7 @@ class ResNet34Encoder(keras.layers.Layer):
             *_conv(latent, 2, 1, 0, True, "head_conv2"),
         ]
         self.flatten = keras.layers.Flatten(name="flatten")
+        _track(self, self.stem + self.blocks + self.head)
 
     def build(self, input_shape):
         shape = _build_chain(self.stem, input_shape)
@@ -175,6 +189,7 @@ class ConvEncoder(keras.layers.Layer):
             ]
         self.flatten = keras.layers.Flatten(name="flatten")
         self.project = keras.layers.Dense(latent, name="project")
+        _track(self, self.body)
 
     def build(self, input_shape):
         _build_chain(self.body + [self.flatten, self.project], input_shape)

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from train import evaluate as evaluate_main
 from train import train as train_main
 
 FLAGS = flags.FLAGS
@@ -27,11 +28,11 @@ TINY = [
 ]
 
 
-def run(argv):
+def run(argv, entry=train_main):
     FLAGS.unparse_flags()
     FLAGS(["train"] + argv)
     try:
-        train_main.main([])
+        entry.main([])
     finally:
         FLAGS.unparse_flags()
 
@@ -94,6 +95,13 @@ def test_clevr_state_dspn_trains_evaluates_and_logs(tmp_path, cache, capsys):
     # Checkpoints every 2 steps and at the end.
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-2.index"))
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-3.index"))
+    # The evaluation entry point restores the final checkpoint and reproduces
+    # the numbers of the in-memory model at the end of training.
+    run(["--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_dspn.cfg"), *TINY, f"--cache_dir={cache}",
+         f"--model_dir={model_dir}"], entry=evaluate_main)
+    restored = json.load(open(os.path.join(model_dir, "eval_results_3.json")))
+    assert restored["step"] == 3 and restored["checkpoint"].endswith("ckpt-3")
+    assert restored["results"] == results["results"]
 
 
 @pytest.mark.parametrize("config", ["clevr_mini_state_mlp", "clevr_mini_boxes_dspn"])
