@@ -182,7 +182,14 @@ class DSPN(keras.layers.Layer):
             body,
             (tf.constant(0), start_set, start_mask, sets, masks, losses, norms),
         )
-        return decoder_output(sets.stack(), masks.stack(), losses.stack(), norms.stack())
+        batch = tf.shape(z)[0]
+
+        def stack_per_step(array):
+            # Stacking zero elements of an unknown batch size fails, so an
+            # iters=0 call gets an explicit empty [0, batch] tensor.
+            return tf.cond(array.size() > 0, array.stack, lambda: tf.zeros([0, batch], z.dtype))
+
+        return decoder_output(sets.stack(), masks.stack(), stack_per_step(losses), stack_per_step(norms))
 
     def get_config(self):
         return {
