@@ -15,35 +15,15 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dspn_tf.data import clevr_mini
-
-
-def spec_box(obj, right):
-    """SPEC section 7 box in pixels (xmin, ymin, xmax, ymax), quirk included."""
-    x, y = obj["pixel_coords"][:2]
-    x1, y1, z1 = obj["3d_coords"]
-    cos, sin = right[0], right[1]
-    x1r = x1 * cos + y1 * sin
-    y1r = x1r * -sin + y1 * cos  # Uses the rotated x1', as the reference does.
-    h_d = 6.9 * z1 * (15 - y1r) / 2
-    h_u = w_l = w_r = h_d
-    if obj["shape"] == "cylinder":
-        d, h, s = 9.4 + y1r, 6.4, z1
-        h_u *= (s * (h / d + 1)) / ((s * (h / d + 1)) - (s * (h - s) / d))
-        h_d = h_u * (h - s + d) / (h + s + d)
-        w_l *= 11 / (10 + y1r)
-        w_r = w_l
-    elif obj["shape"] == "cube":
-        h_u *= 1.3 * 10 / (10 + y1r)
-        h_d = w_l = w_r = h_u
-    return x - w_l, y - h_d, x + w_r, y + h_u
+from dspn_tf.data import clevr, clevr_mini
 
 
 def draw(image, scene):
     im = Image.fromarray(np.asarray(image)[..., :3]).convert("RGB")
     pen = ImageDraw.Draw(im)
     for obj in scene["objects"]:
-        pen.rectangle(spec_box(obj, scene["directions"]["right"]), outline=(255, 0, 0))
+        box = clevr.object_box(obj, scene["directions"]) * np.array([clevr.WIDTH, clevr.HEIGHT] * 2)
+        pen.rectangle(tuple(float(v) for v in box), outline=(255, 0, 0))
         x, y = obj["pixel_coords"][:2]
         pen.line([(x - 3, y), (x + 3, y)], fill=(255, 0, 0))
         pen.line([(x, y - 3), (x, y + 3)], fill=(255, 0, 0))
