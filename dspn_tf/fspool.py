@@ -126,29 +126,29 @@ class FSPool(keras.layers.Layer):
         # gradients (~15% of a set-MNIST training step before).
         x_t = tf.transpose(tf.stop_gradient(keys), [0, 2, 1])  # Shape: [batch, C, set_size].
         _, order = tf.math.top_k(x_t, k=set_size, sorted=True)  # Descending; ties keep index order.
-        # The inverse permutation, rank[b, c, j] = position of element j, as
-        # one integer scatter (a second top_k would cost as much as the sort).
+        # Each element's weight is the weight of its position in the sort:
+        # one scatter of the per-position weights through the permutation
+        # (`order` is a permutation per row, so the segment sum is a plain
+        # scatter). Its gradient with respect to W is a gather, not a second
+        # scatter.
         rows = tf.shape(order)[0] * tf.shape(order)[1]
         flat = tf.reshape(order + set_size * tf.reshape(tf.range(rows), tf.shape(order)[:2])[..., None], [-1])
-        positions_int = tf.broadcast_to(tf.range(set_size), tf.shape(order))
-        rank = tf.reshape(
-            tf.math.unsorted_segment_sum(tf.reshape(positions_int, [-1]), flat, rows * set_size), tf.shape(order)
-        )  # Shape: [batch, C, set_size].
         if mask is None:
             n = tf.cast(set_size, dtype)
             ratio = positions / tf.maximum(n - 1.0, 1.0)  # Shape: [set_size].
-            weights = tf.transpose(self._piece_weights(ratio))  # Shape: [C, set_size].
-            # weights[c, rank[b, j, c]] for every element j and channel c.
-            channel = tf.range(self.channels)[None, None, :]
-            rank = tf.transpose(rank, [0, 2, 1])  # Shape: [batch, set_size, C].
-            element_weights = tf.gather(tf.reshape(weights, [-1]), channel * set_size + rank)
-            return tf.reduce_sum(x * element_weights, axis=1)
-        n = tf.reduce_sum(tf.cast(present, dtype), axis=1, keepdims=True)  # Shape: [batch, 1].
-        ratio = tf.minimum(positions[None] / tf.maximum(n - 1.0, 1.0), 1.0)  # Shape: [batch, set_size].
-        weights = self._piece_weights(ratio)  # Shape: [batch, set_size (position), C].
-        weights = tf.transpose(weights, [0, 2, 1])  # Shape: [batch, C, set_size (position)].
-        element_weights = tf.gather(weights, rank, batch_dims=2)  # Shape: [batch, C, set_size].
+            weights = tf.transpose(self._piece_weights(ratio))  # Shape: [C, set_size (position)].
+            weights = tf.broadcast_to(weights, tf.shape(order))  # Shape: [batch, C, set_size (position)].
+        else:
+            n = tf.reduce_sum(tf.cast(present, dtype), axis=1, keepdims=True)  # Shape: [batch, 1].
+            ratio = tf.minimum(positions[None] / tf.maximum(n - 1.0, 1.0), 1.0)  # Shape: [batch, set_size].
+            weights = self._piece_weights(ratio)  # Shape: [batch, set_size (position), C].
+            weights = tf.transpose(weights, [0, 2, 1])  # Shape: [batch, C, set_size (position)].
+        element_weights = tf.reshape(
+            tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), flat, rows * set_size), tf.shape(order)
+        )  # Shape: [batch, C, set_size (element)].
         element_weights = tf.transpose(element_weights, [0, 2, 1])  # Shape: [batch, set_size, C].
+        if mask is None:
+            return tf.reduce_sum(x * element_weights, axis=1)
         # Absent elements (ranked last, >= n) contribute 0 and get no gradient.
         return tf.reduce_sum(tf.where(present[..., None], x * element_weights, tf.zeros_like(x)), axis=1)
 
