@@ -1,11 +1,16 @@
 """dspn_tf: Deep Set Prediction Networks in TensorFlow / Keras 3."""
 
+from dspn_tf import losses
 from dspn_tf.baselines import LSTMDecoder, MLPDecoder
 from dspn_tf.dspn import DSPN
 from dspn_tf.encoders import FSEncoder, RNFSEncoder
 from dspn_tf.fspool import FSPool
-from dspn_tf import losses
+from dspn_tf.image_encoders import ConvEncoder, ResNet34Encoder
+from dspn_tf.models import ImageToSet, SetAutoEncoder, build_model
 
 __version__ = "0.1.0"
 
-__all__ = ["DSPN", "FSEncoder", "FSPool", "LSTMDecoder", "MLPDecoder", "RNFSEncoder", "losses"]
+__all__ = [
+    "ConvEncoder", "DSPN", "FSEncoder", "FSPool", "ImageToSet", "LSTMDecoder", "MLPDecoder", "RNFSEncoder",
+    "ResNet34Encoder", "SetAutoEncoder", "build_model", "losses",
+]
