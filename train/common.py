@@ -23,7 +23,7 @@ flags.DEFINE_string(
     "CLEVR tasks only), 'tfds', or a folder (MNIST IDX files, or a CLEVR_v1.0 folder).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (for --data_source=tfds).")
 flags.DEFINE_string("cache_dir", None, "Cache for generated scenes and decoded images (default ~/.cache/dspn_tf).")
-flags.DEFINE_integer("generated_train", 5000, "Scenes generated for training (--data_source=generated).")
+flags.DEFINE_integer("generated_train", 3000, "Scenes generated for training (--data_source=generated).")
 flags.DEFINE_integer("generated_val", 500, "Scenes generated for evaluation (--data_source=generated).")
 flags.DEFINE_integer("image_size", 128, "Side of the square CLEVR input images.")
 flags.DEFINE_integer("max_train_examples", None, "Use only this many training examples (quick runs).")
