@@ -56,6 +56,10 @@ class DSPN(keras.layers.Layer):
     """
 
     def __init__(self, encoder, set_size, set_channels, iters=10, lr=25.0, **kwargs):
+        # The set, the mask and the inner gradient stay in the variable dtype
+        # (float32) under a mixed-precision policy: only the encoder computes
+        # in the policy's compute dtype.
+        kwargs["autocast"] = False
         super().__init__(**kwargs)
         if isinstance(encoder, dict):
             encoder = keras.saving.deserialize_keras_object(encoder)
@@ -90,9 +94,9 @@ class DSPN(keras.layers.Layer):
     def _start(self, z):
         batch = tf.shape(z)[0]
         start_set = tf.broadcast_to(
-            tf.cast(self.starting_set, z.dtype), [batch, self.set_size, self.set_channels]
+            tf.convert_to_tensor(self.starting_set), [batch, self.set_size, self.set_channels]
         )  # Shape: [batch, N, C].
-        start_mask = tf.broadcast_to(tf.cast(self.starting_mask, z.dtype), [batch, self.set_size])
+        start_mask = tf.broadcast_to(tf.convert_to_tensor(self.starting_mask), [batch, self.set_size])
         return start_set, tf.clip_by_value(start_mask, 0.0, 1.0)
 
     def inner_step(self, z, current_set, current_mask, training):
@@ -100,7 +104,8 @@ class DSPN(keras.layers.Layer):
         with tf.GradientTape() as tape:
             tape.watch(current_set)
             tape.watch(current_mask)
-            predicted = self.encoder(current_set, current_mask, training=training)
+            # Cast back so that the loss and the set gradient are float32 under mixed precision.
+            predicted = tf.cast(self.encoder(current_set, current_mask, training=training), z.dtype)
             per_sample = tf.reduce_mean(huber(predicted - z), axis=-1)  # Shape: [batch].
             loss = tf.reduce_sum(per_sample)
         set_grad, mask_grad = tape.gradient(loss, [current_set, current_mask])
@@ -110,7 +115,7 @@ class DSPN(keras.layers.Layer):
         return new_set, new_mask, per_sample, grad_norm
 
     def call(self, inputs, iters=None, training=False):
-        z = tf.convert_to_tensor(inputs)
+        z = tf.cast(inputs, self.variable_dtype)  # The inner loop runs in float32 under mixed precision.
         if z.shape.rank != 2:
             raise ValueError(f"DSPN: `z` must have shape [batch, latent]; received shape {z.shape}.")
         if self.latent is not None and z.shape[-1] is not None and z.shape[-1] != self.latent:

@@ -98,7 +98,7 @@ class FSPool(keras.layers.Layer):
         # f = 1, which equals the reference's k = n_pieces, f = 0.
         k = tf.minimum(tf.floor(t), self.n_pieces - 1)
         f = (t - k)[..., None]
-        table = tf.transpose(tf.convert_to_tensor(self.weight))  # Shape: [n_pieces + 1, C].
+        table = tf.transpose(tf.cast(self.weight, ratio.dtype))  # Shape: [n_pieces + 1, C].
         k = tf.cast(k, tf.int32)
         left = tf.gather(table, k)
         right = tf.gather(table, k + 1)
@@ -110,7 +110,10 @@ class FSPool(keras.layers.Layer):
         x = tf.convert_to_tensor(inputs)
         dtype = x.dtype
         set_size = tf.shape(x)[1]
-        positions = tf.range(set_size, dtype=dtype)
+        # Ranks and piece weights in at least float32 (also under a mixed-
+        # precision policy: float16 ranks are not exact beyond 2048 elements).
+        work = tf.float64 if dtype == tf.float64 else tf.float32
+        positions = tf.range(set_size, dtype=work)
         keys = x
         if mask is not None:
             present = tf.cast(mask, dtype) > 0
@@ -134,19 +137,19 @@ class FSPool(keras.layers.Layer):
         rows = tf.shape(order)[0] * tf.shape(order)[1]
         flat = tf.reshape(order + set_size * tf.reshape(tf.range(rows), tf.shape(order)[:2])[..., None], [-1])
         if mask is None:
-            n = tf.cast(set_size, dtype)
+            n = tf.cast(set_size, work)
             ratio = positions / tf.maximum(n - 1.0, 1.0)  # Shape: [set_size].
             weights = tf.transpose(self._piece_weights(ratio))  # Shape: [C, set_size (position)].
             weights = tf.broadcast_to(weights, tf.shape(order))  # Shape: [batch, C, set_size (position)].
         else:
-            n = tf.reduce_sum(tf.cast(present, dtype), axis=1, keepdims=True)  # Shape: [batch, 1].
+            n = tf.reduce_sum(tf.cast(present, work), axis=1, keepdims=True)  # Shape: [batch, 1].
             ratio = tf.minimum(positions[None] / tf.maximum(n - 1.0, 1.0), 1.0)  # Shape: [batch, set_size].
             weights = self._piece_weights(ratio)  # Shape: [batch, set_size (position), C].
             weights = tf.transpose(weights, [0, 2, 1])  # Shape: [batch, C, set_size (position)].
         element_weights = tf.reshape(
             tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), flat, rows * set_size), tf.shape(order)
         )  # Shape: [batch, C, set_size (element)].
-        element_weights = tf.transpose(element_weights, [0, 2, 1])  # Shape: [batch, set_size, C].
+        element_weights = tf.cast(tf.transpose(element_weights, [0, 2, 1]), dtype)  # Shape: [batch, set_size, C].
         if mask is None:
             return tf.reduce_sum(x * element_weights, axis=1)
         # Absent elements (ranked last, >= n) contribute 0 and get no gradient.

@@ -64,7 +64,8 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
     target_set, target_mask = batch[settings.set_key], batch["mask"]
     loss_fn = losses_lib.chamfer_loss if settings.loss == "chamfer" else losses_lib.hungarian_loss
     kwargs = {} if settings.loss == "chamfer" else {"all_steps": settings.all_steps}
-    sets, masks = outputs["sets"], outputs["masks"]
+    # Losses in float32 also when a mixed-precision decoder outputs float16/bfloat16.
+    sets, masks = tf.cast(outputs["sets"], tf.float32), tf.cast(outputs["masks"], tf.float32)
     if settings.loss == "chamfer" and not settings.all_steps:
         sets, masks = sets[-1:], masks[-1:]
     set_loss = loss_fn(sets, masks, target_set, target_mask, reduction="none", **kwargs)
@@ -73,8 +74,8 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
     if settings.repr_lambda > 0 and encoder is not None:
         # Neither side is stop-gradiented: this trains the image encoder
         # towards g(target) and g towards the image embedding (SPEC §6).
-        target_z = encoder(target_set, target_mask, training=training)
-        repr_loss = losses_lib.repr_loss(target_z, outputs["z"], reduction="none")
+        target_z = tf.cast(encoder(target_set, target_mask, training=training), tf.float32)
+        repr_loss = losses_lib.repr_loss(target_z, tf.cast(outputs["z"], tf.float32), reduction="none")
     return outputs, {"loss": set_loss + settings.repr_lambda * repr_loss, "set_loss": set_loss, "repr_loss": repr_loss}
 
 
@@ -109,6 +110,9 @@ class Trainer:
         with tf.GradientTape() as tape:
             outputs, losses = per_sample_losses(self.model, batch, self.settings, training=True)
             scaled = tf.reduce_sum(losses["loss"]) / self.global_batch_size
+            # A keras.optimizers.LossScaleOptimizer (mixed_float16) scales the loss
+            # here and unscales the gradients in `apply`; other optimizers return it unchanged.
+            scaled = self.optimizer.scale_loss(scaled)
         variables = self.model.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
