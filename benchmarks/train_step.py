@@ -99,7 +99,11 @@ def measure(args):
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     keras.utils.set_random_seed(0)
+    if args.mixed_precision != "float32":
+        keras.mixed_precision.set_global_policy(args.mixed_precision)
     model, optimizer, settings = build(args.config, args.decoder)
+    if args.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     trainer = Trainer(model, optimizer, settings, global_batch_size=args.batch_size, jit_compile=args.jit_compile)
     batch = random_batch(args.config, args.batch_size)
 
@@ -120,6 +124,7 @@ def measure(args):
         "decoder": args.decoder,
         "batch_size": args.batch_size,
         "jit_compile": args.jit_compile,
+        "policy": args.mixed_precision,
         **timing,
         "examples_per_s": args.batch_size / timing["median_s"],
         "peak_rss_mib": common.peak_rss_mib(),
@@ -137,6 +142,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps after the first (tracing) one.")
     parser.add_argument("--repeats", type=int, default=10, help="Timed steps; the median is reported.")
     parser.add_argument("--jit_compile", action="store_true", help="XLA-compile the train step.")
+    parser.add_argument("--mixed_precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        default="float32", help="Keras dtype policy (the DSPN inner loop stays float32).")
     parser.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default.")
     parser.add_argument("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default.")
     parser.add_argument("--profile_dir", default=None, help="Also write a TensorBoard profiler trace of 3 steps.")
@@ -154,7 +161,8 @@ def main():
         for decoder in decoders:
             argv = [os.path.abspath(__file__), "--child", f"--config={config}", f"--decoder={decoder}",
                     f"--batch_size={args.batch_size}", f"--warmup={args.warmup}", f"--repeats={args.repeats}",
-                    f"--intra_op_threads={args.intra_op_threads}", f"--inter_op_threads={args.inter_op_threads}"]
+                    f"--mixed_precision={args.mixed_precision}", f"--intra_op_threads={args.intra_op_threads}",
+                    f"--inter_op_threads={args.inter_op_threads}"]
             if args.jit_compile:
                 argv.append("--jit_compile")
             if args.profile_dir:

@@ -59,6 +59,9 @@ flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling).")
 flags.DEFINE_bool("deterministic", False, "Deterministic TF ops (bit-exact resume; slower).")
 flags.DEFINE_bool("run_eagerly", False, "Run the train step eagerly (debugging).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (Chamfer runs only).")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras dtype policy of the training step (the DSPN inner loop stays float32; slower on CPUs "
+                  "without native bfloat16/float16 math).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy.")
 # Loop cadence (read by train.train; defined here so one flagfile serves every entry point).
 flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every this many steps (and at the end).")

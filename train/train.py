@@ -160,9 +160,12 @@ def main(argv):
 
     train_ds, train_size = _train_data(strategy)
     total_steps = _total_steps(train_size)
+    keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
     with strategy.scope():
         model = common.build_model()
         optimizer = keras.optimizers.Adam(FLAGS.learning_rate, epsilon=1e-8)
+        if FLAGS.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # The Trainer scales the loss.
         optimizer.build(model.trainable_variables)
     # Outside the scope: a host-side counter, not a mirrored variable.
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
