@@ -95,12 +95,18 @@ def _nearest(pred, target):
     for f in range(features):  # Shape: [k, n, m] per feature, never [k, n, m, F].
         cost += huber(pred[:, :, None, f] - target[:, None, :, f])
     cost = cost / features
-    return (
-        tf.reduce_min(cost, axis=1),
-        tf.argmin(cost, axis=1, output_type=tf.int32),
-        tf.reduce_min(cost, axis=2),
-        tf.argmin(cost, axis=2, output_type=tf.int32),
-    )
+    n, m = tf.shape(cost)[1], tf.shape(cost)[2]
+    min_i = tf.reduce_min(cost, axis=1)
+    min_j = tf.reduce_min(cost, axis=2)
+    # The argmins as the first index attaining the min: two more plain min
+    # reductions (the cost is recomputed inside each fused reduction, with
+    # the same elementwise IEEE arithmetic, so it equals the min exactly).
+    # XLA's CPU argmin is a (key, index) reduction ~4x slower than a min: the
+    # whole function takes ~40% less time this way. `<=` and the clamp only
+    # guard against an impossible no-match.
+    arg_i = tf.reduce_min(tf.where(cost <= min_i[:, None, :], tf.range(n)[None, :, None], n), axis=1)
+    arg_j = tf.reduce_min(tf.where(cost <= min_j[:, :, None], tf.range(m)[None, None, :], m), axis=2)
+    return min_i, tf.minimum(arg_i, n - 1), min_j, tf.minimum(arg_j, m - 1)
 
 
 def _huber_grad(x, delta=1.0):
