@@ -72,6 +72,9 @@ flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.")
 flags.DEFINE_bool("progress", True, "Show a progress bar with ETA.")
 flags.DEFINE_bool("evaluate_at_end", True, "Evaluate after training and write eval_results.json.")
 flags.DEFINE_integer("nan_at_step", None, "Testing aid: inject a NaN loss at this step to exercise the guard.")
+flags.DEFINE_string(
+    "checkpoint", None,
+    "train.evaluate / train.export: a specific checkpoint prefix (default: the newest of the run).")
 flags.DEFINE_list("eval_iters", ["10", "20", "30"], "Inner step counts to evaluate the DSPN at.")
 
 

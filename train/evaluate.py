@@ -17,7 +17,6 @@ from dspn_tf import evaluation
 from train import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the newest in --model_dir/checkpoints).")
 flags.DEFINE_string("output", None, "Results JSON (default: --model_dir/eval_results_<step>.json).")
 
 

@@ -23,7 +23,6 @@ from train import common
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("checkpoint_dir", None, "Checkpoints to export from (default: <model_dir>/checkpoints).")
-flags.DEFINE_string("checkpoint", None, "A specific checkpoint prefix (default: the newest in --checkpoint_dir).")
 flags.DEFINE_string("export_base", None, "TF Serving model base path (default: <model_dir>/export).")
 flags.DEFINE_integer("keep_versions", 0, "Keep only the newest this many versions in --export_base (0: keep all).")
 flags.DEFINE_bool("all_steps", False, "Also export serving_all_steps / decode_all_steps (every inner step).")
