@@ -8,20 +8,8 @@ are trained without the representation loss.
 import keras
 import tensorflow as tf
 
+from dspn_tf import checks
 from dspn_tf.dspn import decoder_output
-
-
-def _check_sizes(name, **sizes):
-    for key, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: `{key}` must be a positive integer; received {key}={value!r}.")
-
-
-def _check_z(name, z, latent):
-    if z.shape.rank != 2:
-        raise ValueError(f"{name}: `z` must have shape [batch, latent]; received shape {z.shape}.")
-    if latent is not None and z.shape[-1] is not None and z.shape[-1] != latent:
-        raise ValueError(f"{name} was built for embeddings of size {latent} but received z of shape {z.shape}.")
 
 
 def _one_step(set_, mask):
@@ -52,7 +40,7 @@ class MLPDecoder(keras.layers.Layer):
 
     def __init__(self, set_size, set_channels, dim, **kwargs):
         super().__init__(**kwargs)
-        _check_sizes("MLPDecoder", set_size=set_size, set_channels=set_channels, dim=dim)
+        checks.positive_ints("MLPDecoder", set_size=set_size, set_channels=set_channels, dim=dim)
         self.set_size = set_size
         self.set_channels = set_channels
         self.dim = dim
@@ -69,7 +57,7 @@ class MLPDecoder(keras.layers.Layer):
 
     def call(self, inputs, iters=None, training=False):
         z = tf.convert_to_tensor(inputs)
-        _check_z("MLPDecoder", z, self.latent)
+        checks.embedding("MLPDecoder", z, self.latent)
         x = self.output_layer(self.hidden2(self.hidden1(z)))
         x = tf.reshape(x, [-1, self.set_size, self.set_channels + 1])  # Shape: [batch, N, C + 1].
         return _one_step(x[..., :-1], x[..., -1])
@@ -101,7 +89,7 @@ class LSTMDecoder(keras.layers.Layer):
 
     def __init__(self, set_size, set_channels, dim, **kwargs):
         super().__init__(**kwargs)
-        _check_sizes("LSTMDecoder", set_size=set_size, set_channels=set_channels, dim=dim)
+        checks.positive_ints("LSTMDecoder", set_size=set_size, set_channels=set_channels, dim=dim)
         self.set_size = set_size
         self.set_channels = set_channels
         self.dim = dim
@@ -118,7 +106,7 @@ class LSTMDecoder(keras.layers.Layer):
 
     def call(self, inputs, iters=None, training=False):
         z = tf.convert_to_tensor(inputs)
-        _check_z("LSTMDecoder", z, self.latent)
+        checks.embedding("LSTMDecoder", z, self.latent)
         cell = self.cell_init(z)  # Shape: [batch, dim].
         steps = tf.zeros([tf.shape(z)[0], self.set_size, 1], z.dtype)
         x = self.lstm(steps, initial_state=[tf.zeros_like(cell), cell], training=training)

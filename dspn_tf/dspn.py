@@ -8,6 +8,7 @@ is permutation-equivariant, and training differentiates through all steps.
 import keras
 import tensorflow as tf
 
+from dspn_tf import checks
 from dspn_tf.losses import huber
 
 
@@ -65,9 +66,7 @@ class DSPN(keras.layers.Layer):
             encoder = keras.saving.deserialize_keras_object(encoder)
         if not isinstance(encoder, keras.layers.Layer):
             raise ValueError(f"DSPN: `encoder` must be a Keras layer; received {type(encoder).__name__}.")
-        for key, value in (("set_size", set_size), ("set_channels", set_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DSPN: `{key}` must be a positive integer; received {key}={value!r}.")
+        checks.positive_ints("DSPN", set_size=set_size, set_channels=set_channels)
         _check_iters(iters)
         self.encoder = encoder
         self.set_size = set_size
@@ -116,12 +115,7 @@ class DSPN(keras.layers.Layer):
 
     def call(self, inputs, iters=None, training=False):
         z = tf.cast(inputs, self.variable_dtype)  # The inner loop runs in float32 under mixed precision.
-        if z.shape.rank != 2:
-            raise ValueError(f"DSPN: `z` must have shape [batch, latent]; received shape {z.shape}.")
-        if self.latent is not None and z.shape[-1] is not None and z.shape[-1] != self.latent:
-            raise ValueError(
-                f"DSPN was built for embeddings of size {self.latent} but received z of shape {z.shape}."
-            )
+        checks.embedding("DSPN", z, self.latent)
         if iters is None:
             iters = self.iters
         if isinstance(iters, int):

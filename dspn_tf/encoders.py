@@ -7,13 +7,8 @@ inner loop, so it must be differentiable twice with respect to its inputs.
 import keras
 import tensorflow as tf
 
-from dspn_tf.fspool import FSPool, check_features, check_set_and_mask
-
-
-def _check_dims(name, **dims):
-    for key, value in dims.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: `{key}` must be a positive integer; received {key}={value!r}.")
+from dspn_tf import checks
+from dspn_tf.fspool import FSPool
 
 
 def _with_mask_feature(x, mask):
@@ -52,7 +47,7 @@ class FSEncoder(keras.layers.Layer):
 
     def __init__(self, dim, latent, n_pieces=20, **kwargs):
         super().__init__(**kwargs)
-        _check_dims("FSEncoder", dim=dim, latent=latent, n_pieces=n_pieces)
+        checks.positive_ints("FSEncoder", dim=dim, latent=latent, n_pieces=n_pieces)
         self.dim = dim
         self.latent = latent
         self.n_pieces = n_pieces
@@ -71,10 +66,10 @@ class FSEncoder(keras.layers.Layer):
         self.pool.build((None, None, self.latent))
 
     def call(self, inputs, mask=None):
-        check_set_and_mask("FSEncoder", inputs, mask)
+        checks.set_and_mask("FSEncoder", inputs, mask)
         if mask is None:
             raise ValueError("FSEncoder: `mask` is required ([batch, set_size]); pass ones for full sets.")
-        check_features("FSEncoder", inputs, self.features)
+        checks.features("FSEncoder", inputs, self.features)
         x = _with_mask_feature(inputs, mask)
         x = self.project(self.hidden2(self.hidden1(x)))  # Shape: [batch, n, latent].
         # Dividing by the padded size (a constant) keeps activations small for
@@ -120,7 +115,7 @@ class RNFSEncoder(keras.layers.Layer):
 
     def __init__(self, dim, latent, n_pieces=20, **kwargs):
         super().__init__(**kwargs)
-        _check_dims("RNFSEncoder", dim=dim, latent=latent, n_pieces=n_pieces)
+        checks.positive_ints("RNFSEncoder", dim=dim, latent=latent, n_pieces=n_pieces)
         self.dim = dim
         self.latent = latent
         self.n_pieces = n_pieces
@@ -142,10 +137,10 @@ class RNFSEncoder(keras.layers.Layer):
         self.pool.build((None, None, self.latent))
 
     def call(self, inputs, mask=None):
-        check_set_and_mask("RNFSEncoder", inputs, mask)
+        checks.set_and_mask("RNFSEncoder", inputs, mask)
         if mask is None:
             raise ValueError("RNFSEncoder: `mask` is required ([batch, set_size]); pass ones for full sets.")
-        check_features("RNFSEncoder", inputs, self.features)
+        checks.features("RNFSEncoder", inputs, self.features)
         e = _with_mask_feature(inputs, mask)  # Shape: [batch, n, C + 1].
         element = self.features + 1
         kernel = tf.convert_to_tensor(self.pair_kernel)

@@ -8,31 +8,7 @@ through a piecewise-linear function with `n_pieces` pieces per channel.
 import keras
 import tensorflow as tf
 
-
-def check_set_and_mask(name, x, mask):
-    """Raises ValueError unless `x` is `[batch, n, c]` and `mask` is `[batch, n]`."""
-    if x.shape.rank != 3:
-        raise ValueError(
-            f"{name}: the set must have rank 3 [batch, set_size, features]; "
-            f"received shape {x.shape}."
-        )
-    if mask is None:
-        return
-    if mask.shape.rank != 2 or not mask.shape.is_compatible_with(x.shape[:2]):
-        raise ValueError(
-            f"{name}: `mask` must have shape [batch, set_size] = {x.shape[:2]} "
-            f"to match the set of shape {x.shape}; received mask shape {mask.shape}."
-        )
-
-
-def check_features(name, x, expected):
-    """Raises ValueError if the last dim of `x` differs from the built one."""
-    got = x.shape[-1]
-    if got is not None and expected is not None and got != expected:
-        raise ValueError(
-            f"{name} was built for {expected} features per element but "
-            f"received a set of shape {x.shape}."
-        )
+from dspn_tf import checks
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
@@ -105,8 +81,8 @@ class FSPool(keras.layers.Layer):
         return (1.0 - f) * left + f * right
 
     def call(self, inputs, mask=None):
-        check_set_and_mask("FSPool", inputs, mask)
-        check_features("FSPool", inputs, self.channels)
+        checks.set_and_mask("FSPool", inputs, mask)
+        checks.features("FSPool", inputs, self.channels)
         x = tf.convert_to_tensor(inputs)
         dtype = x.dtype
         set_size = tf.shape(x)[1]

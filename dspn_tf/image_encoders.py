@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from dspn_tf import checks
+
 # PyTorch's BatchNorm defaults, which the reference was trained with. Keras'
 # momentum weighs the old running value, so PyTorch's 0.1 is Keras' 0.9.
 # Synchronised statistics make a multi-replica step equal a one-device step
@@ -116,8 +118,7 @@ class ResNet34Encoder(keras.layers.Layer):
 
     def __init__(self, latent, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(latent, int) or latent < 1:
-            raise ValueError(f"ResNet34Encoder: `latent` must be a positive integer; received latent={latent!r}.")
+        checks.positive_ints("ResNet34Encoder", latent=latent)
         self.latent = latent
         self.stem = [
             *_conv(64, 7, 2, 3, False, "conv1"),
@@ -176,8 +177,7 @@ class ConvEncoder(keras.layers.Layer):
 
     def __init__(self, latent, filters=(32, 64, 64, 128), **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(latent, int) or latent < 1:
-            raise ValueError(f"ConvEncoder: `latent` must be a positive integer; received latent={latent!r}.")
+        checks.positive_ints("ConvEncoder", latent=latent)
         self.latent = latent
         self.filters = tuple(int(f) for f in filters)
         self.body = []
