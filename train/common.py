@@ -22,7 +22,8 @@ flags.DEFINE_string(
     "Where the data comes from: 'generated' (CLEVR-format scenes rendered offline on first use and cached; "
     "CLEVR tasks only), 'tfds', or a folder (MNIST IDX files, or a CLEVR_v1.0 folder).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (for --data_source=tfds).")
-flags.DEFINE_string("cache_dir", None, "Cache for generated scenes and decoded images (default ~/.cache/dspn_tf).")
+flags.DEFINE_string(
+    "cache_dir", None, "Cache for generated scenes and decoded images (default $DSPN_TF_CACHE or ~/.cache/dspn_tf).")
 flags.DEFINE_integer("generated_train", 3000, "Scenes generated for training (--data_source=generated).")
 flags.DEFINE_integer("generated_val", 500, "Scenes generated for evaluation (--data_source=generated).")
 flags.DEFINE_integer("image_size", 128, "Side of the square CLEVR input images.")
@@ -88,7 +89,9 @@ def dataset_kind():
 
 
 def cache_dir():
-    return FLAGS.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dspn_tf")
+    """--cache_dir, else $DSPN_TF_CACHE, else ~/.cache/dspn_tf (the data builders' root too)."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "dspn_tf")
+    return FLAGS.cache_dir or os.environ.get("DSPN_TF_CACHE") or default
 
 
 def generated_clevr_folder():
@@ -115,7 +118,7 @@ def build_split(split):
     return clevr.build_dataset(
         source, "train" if split == "train" else "val",
         image_size=FLAGS.image_size,
-        cache_dir=os.path.join(cache_dir(), "images"),
+        cache_dir=os.path.join(cache_dir(), "clevr"),
         with_boxes=FLAGS.dataset == "clevr_boxes",
         data_dir=FLAGS.tfds_data_dir,
     )
