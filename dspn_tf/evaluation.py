@@ -14,9 +14,6 @@ from dspn_tf import metrics
 from dspn_tf.models import SetAutoEncoder
 from dspn_tf.training import model_inputs
 
-STATE_THRESHOLDS = (np.inf, 1.0, 0.5, 0.25, 0.125)
-BOX_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
-
 
 def _step_index(iters, total, name):
     if iters < 0 or iters > total:
@@ -100,9 +97,9 @@ def evaluate(model, dataset, *, set_key, iters_list, max_batches=None):
         for i in predictions["pred"]:
             args = (predictions["pred"][i], predictions["scores"][i], predictions["target"], predictions["target_mask"])
             if set_key == "state":
-                table = metrics.state_ap_table(*args, thresholds=STATE_THRESHOLDS)
+                table = metrics.state_ap_table(*args)  # Thresholds inf, 1, 0.5, 0.25, 0.125.
             elif set_key == "boxes":
-                table = metrics.box_ap_table(*args, thresholds=BOX_THRESHOLDS)
+                table = metrics.box_ap_table(*args)  # IoU 0.5, 0.55, ..., 0.95.
             else:
                 raise ValueError(f"evaluate: unknown `set_key` {set_key!r}; expected 'set', 'state' or 'boxes'.")
             results[str(i)] = {f"ap_{threshold_name(t)}": float(ap) for t, ap in table.items()}
