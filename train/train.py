@@ -38,15 +38,21 @@ def _batches(dataset, batch_size, shuffle, seed):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def _cluster_task(strategy):
+    """(task type, task id) of this process in a multi-worker cluster, else (None, 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return None, 0
+    return resolver.task_type, resolver.task_id or 0
+
+
 def _workers(strategy):
     """(number of workers, this worker's index, replicas on this worker)."""
     if strategy.num_replicas_in_sync == 1:
         return 1, 0, 1
     local = len(strategy.extended.worker_devices)
     workers = strategy.num_replicas_in_sync // local
-    resolver = getattr(strategy, "cluster_resolver", None)
-    index = (resolver.task_id or 0) if (workers > 1 and resolver is not None) else 0
-    return workers, index, local
+    return workers, (_cluster_task(strategy)[1] if workers > 1 else 0), local
 
 
 def _train_data(strategy):
@@ -74,9 +80,9 @@ def split_for_replicas(strategy, batch, global_batch_size):
     The batches come from a plain `tf.data` iterator (which, unlike a
     distributed iterator, can be checkpointed) and are split here.
     """
-    _, _, local = _workers(strategy)
     if strategy.num_replicas_in_sync == 1:
         return batch
+    _, _, local = _workers(strategy)
     per_replica = global_batch_size // strategy.num_replicas_in_sync
 
     def slice_for(context):
@@ -103,10 +109,8 @@ def _total_steps(train_size):
 
 def _is_chief(strategy):
     """True unless this is a non-chief worker of a multi-worker strategy."""
-    resolver = getattr(strategy.extended, "_cluster_resolver", None) or getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+    task_type, task_id = _cluster_task(strategy)
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
 
 
 def _write_pictures(model, batch, step):
