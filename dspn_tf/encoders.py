@@ -73,9 +73,11 @@ class FSEncoder(keras.layers.Layer):
         x = _with_mask_feature(inputs, mask)
         x = self.project(self.hidden2(self.hidden1(x)))  # Shape: [batch, n, latent].
         # Dividing by the padded size (a constant) keeps activations small for
-        # big sets; the reference does this and its lr 25 assumes it.
-        x = x / tf.cast(tf.shape(x)[1], x.dtype)
-        return self.pool(x)
+        # big sets; the reference does this and its lr 25 assumes it. FSPool is
+        # linear in its input and its sort is unchanged by a positive scale, so
+        # dividing the pooled [batch, latent] output is the same function as
+        # dividing the [batch, n, latent] elements, at 1/n of the cost.
+        return self.pool(x) / tf.cast(tf.shape(x)[1], x.dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.latent)
@@ -151,8 +153,8 @@ class RNFSEncoder(keras.layers.Layer):
         n = tf.shape(e)[1]
         pairs = tf.reshape(pairs, [tf.shape(e)[0], n * n, self.dim])  # Shape: [batch, n², dim].
         x = self.project(pairs)  # Shape: [batch, n², latent].
-        x = x / tf.cast(n * n, x.dtype)
-        return self.pool(x)
+        # Divide by N² after pooling: the same function (see FSEncoder.call), 1/N² of the work.
+        return self.pool(x) / tf.cast(n * n, x.dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.latent)

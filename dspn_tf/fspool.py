@@ -104,14 +104,19 @@ class FSPool(keras.layers.Layer):
         # the backward passes are elementwise: no ScatterNd, no transposes of
         # gradients (~15% of a set-MNIST training step before).
         x_t = tf.transpose(tf.stop_gradient(keys), [0, 2, 1])  # Shape: [batch, C, set_size].
-        _, order = tf.math.top_k(x_t, k=set_size, sorted=True)  # Descending; ties keep index order.
+        # Descending; ties keep index order. Integer keys sort in the same
+        # order as the floats and make top_k's row sort ~25% cheaper on CPU.
+        _, order = tf.math.top_k(sort_keys(x_t), k=set_size, sorted=True)
         # Each element's weight is the weight of its position in the sort:
         # one scatter of the per-position weights through the permutation
         # (`order` is a permutation per row, so the segment sum is a plain
         # scatter). Its gradient with respect to W is a gather, not a second
-        # scatter.
-        rows = tf.shape(order)[0] * tf.shape(order)[1]
-        flat = tf.reshape(order + set_size * tf.reshape(tf.range(rows), tf.shape(order)[:2])[..., None], [-1])
+        # scatter. The scatter writes straight into the `[batch, set_size, C]`
+        # layout of `x`: element `order[b, c, k]` of channel c of set b sits at
+        # flat index `(b * set_size + order[b, c, k]) * C + c`.
+        batch, channels = tf.shape(order)[0], tf.shape(order)[1]
+        offsets = tf.range(batch)[:, None] * (set_size * channels) + tf.range(channels)[None, :]
+        flat = tf.reshape(order * channels + offsets[..., None], [-1])  # Shape: [batch * C * set_size].
         if mask is None:
             n = tf.cast(set_size, work)
             ratio = positions / tf.maximum(n - 1.0, 1.0)  # Shape: [set_size].
@@ -123,9 +128,10 @@ class FSPool(keras.layers.Layer):
             weights = self._piece_weights(ratio)  # Shape: [batch, set_size (position), C].
             weights = tf.transpose(weights, [0, 2, 1])  # Shape: [batch, C, set_size (position)].
         element_weights = tf.reshape(
-            tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), flat, rows * set_size), tf.shape(order)
-        )  # Shape: [batch, C, set_size (element)].
-        element_weights = tf.cast(tf.transpose(element_weights, [0, 2, 1]), dtype)  # Shape: [batch, set_size, C].
+            tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), flat, batch * set_size * channels),
+            tf.shape(x),
+        )  # Shape: [batch, set_size (element), C].
+        element_weights = tf.cast(element_weights, dtype)
         if mask is None:
             return tf.reduce_sum(x * element_weights, axis=1)
         # Absent elements (ranked last, >= n) contribute 0 and get no gradient.
@@ -139,3 +145,24 @@ class FSPool(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "n_pieces": self.n_pieces}
+
+
+def sort_keys(values):
+    """Integer keys that order like the float `values`: `a < b` iff `key(a) < key(b)`.
+
+    A float's bits read as a signed integer already order the non-negative
+    floats; flipping the magnitude bits of the negative ones reverses their
+    order and keeps them below every non-negative key. -0.0 is mapped to +0.0
+    first, so floats that compare equal get equal keys (a sort then breaks the
+    tie by index, as it does for the floats). -inf and +inf come out as the
+    smallest and largest non-NaN keys. float16 and bfloat16 are widened to
+    float32 first (exactly); float64 gives int64 keys.
+    """
+    if values.dtype == tf.float64:
+        int_dtype, magnitude = tf.int64, 0x7FFFFFFFFFFFFFFF
+    else:
+        values = tf.cast(values, tf.float32)
+        int_dtype, magnitude = tf.int32, 0x7FFFFFFF
+    values = tf.where(values == 0, tf.zeros_like(values), values)
+    bits = tf.bitcast(values, int_dtype)
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(magnitude, int_dtype)), bits)

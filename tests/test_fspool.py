@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from dspn_tf import FSPool
+from dspn_tf.fspool import sort_keys
 from numpy_reference import fspool_reference
 
 
@@ -165,6 +166,45 @@ def test_input_gradient_is_differentiable_wrt_weights(rng):
     pool.weight.assign(w0)
     np.testing.assert_allclose(grad.numpy(), numerical, rtol=1e-5, atol=1e-6)
     assert np.abs(numerical).max() > 0.1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_sort_keys_order_exactly_like_the_floats(rng, dtype):
+    # Every pair of values must compare the same way as keys as as floats:
+    # signs, zeros of both signs (equal), infinities, subnormals, ties.
+    tiny = {"float16": 6e-8, "bfloat16": 1e-39, "float32": 1e-45, "float64": 5e-324}[dtype]
+    special = [0.0, -0.0, np.inf, -np.inf, tiny, -tiny, 1.0, -1.0, 1.0, -1.0, 3e4, -3e4, 0.5, -2.0]
+    values = tf.cast(tf.constant(np.concatenate([special, rng.normal(size=100) * 10.0])), dtype)
+    keys = sort_keys(values).numpy()
+    # Compared by TensorFlow on the same device, as a float sort would compare
+    # them (TF's CPU kernels treat subnormals as zero; both sides agree).
+    less = tf.less(values[:, None], values[None, :]).numpy()
+    equal = tf.equal(values[:, None], values[None, :]).numpy()
+    assert less.any() and (equal & ~np.eye(len(keys), dtype=bool)).any()
+    np.testing.assert_array_equal(keys[:, None] < keys[None, :], less)
+    np.testing.assert_array_equal(keys[:, None] == keys[None, :], equal)
+
+
+def test_tied_elements_take_positions_in_index_order(rng):
+    # Equal values (including 0.0 and -0.0, equal as floats) are ranked by
+    # index, as a stable descending sort does: the gradient of the pool with
+    # respect to each element is the weight of that element's position.
+    x = np.array([[[0.0], [2.0], [-0.0], [2.0], [0.0], [-1.0], [-0.0]]], np.float32)
+    pool = built_pool(3, 1)
+    w = pool.weight.numpy()[0]
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        out = pool(xt)
+    grad = tape.gradient(out, xt).numpy()[0, :, 0]
+    order = np.argsort(-x[0, :, 0], kind="stable")  # -(-0.0) == 0.0: ties stay in index order.
+    r = np.arange(7) / 6.0
+    t = 3 * r
+    k = np.minimum(np.floor(t), 2).astype(int)
+    position_weight = (1 - (t - k)) * w[k] + (t - k) * w[k + 1]
+    expected = np.empty(7)
+    expected[order] = position_weight
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
 
 
 # --- Contract -----------------------------------------------------------------------------------
