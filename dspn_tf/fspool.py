@@ -150,19 +150,21 @@ class FSPool(keras.layers.Layer):
 def sort_keys(values):
     """Integer keys that order like the float `values`: `a < b` iff `key(a) < key(b)`.
 
-    A float's bits read as a signed integer already order the non-negative
-    floats; flipping the magnitude bits of the negative ones reverses their
-    order and keeps them below every non-negative key. -0.0 is mapped to +0.0
-    first, so floats that compare equal get equal keys (a sort then breaks the
-    tie by index, as it does for the floats). -inf and +inf come out as the
-    smallest and largest non-NaN keys. float16 and bfloat16 are widened to
+    A float is sign and magnitude; its magnitude bits read as an integer
+    already order the magnitudes. The key is the magnitude for a positive
+    sign and minus the magnitude for a negative one, so -0.0 and +0.0 get the
+    same key (they compare equal, and a sort breaks their tie by index, as
+    for any equal floats), -inf and +inf the smallest and largest non-NaN
+    keys. The order is IEEE's on every device (subnormals stay above zero
+    even where a CPU kernel flushes them). float16 and bfloat16 are widened to
     float32 first (exactly); float64 gives int64 keys.
     """
     if values.dtype == tf.float64:
-        int_dtype, magnitude = tf.int64, 0x7FFFFFFFFFFFFFFF
+        int_dtype, bits = tf.int64, 64
     else:
         values = tf.cast(values, tf.float32)
-        int_dtype, magnitude = tf.int32, 0x7FFFFFFF
-    values = tf.where(values == 0, tf.zeros_like(values), values)
-    bits = tf.bitcast(values, int_dtype)
-    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(magnitude, int_dtype)), bits)
+        int_dtype, bits = tf.int32, 32
+    raw = tf.bitcast(values, int_dtype)
+    magnitude = tf.bitwise.bitwise_and(raw, tf.constant(2 ** (bits - 1) - 1, int_dtype))
+    sign = tf.bitwise.right_shift(raw, tf.constant(bits - 1, int_dtype))  # 0, or -1 (all ones) if negative.
+    return tf.bitwise.bitwise_xor(magnitude, sign) - sign  # magnitude, or -magnitude if negative.

@@ -174,13 +174,13 @@ def test_sort_keys_order_exactly_like_the_floats(rng, dtype):
     # signs, zeros of both signs (equal), infinities, subnormals, ties.
     tiny = {"float16": 6e-8, "bfloat16": 1e-39, "float32": 1e-45, "float64": 5e-324}[dtype]
     special = [0.0, -0.0, np.inf, -np.inf, tiny, -tiny, 1.0, -1.0, 1.0, -1.0, 3e4, -3e4, 0.5, -2.0]
-    values = tf.cast(tf.constant(np.concatenate([special, rng.normal(size=100) * 10.0])), dtype)
-    keys = sort_keys(values).numpy()
-    # Compared by TensorFlow on the same device, as a float sort would compare
-    # them (TF's CPU kernels treat subnormals as zero; both sides agree).
-    less = tf.less(values[:, None], values[None, :]).numpy()
-    equal = tf.equal(values[:, None], values[None, :]).numpy()
-    assert less.any() and (equal & ~np.eye(len(keys), dtype=bool)).any()
+    # Made in NumPy: TensorFlow's CPU casts would flush the subnormals.
+    array = np.concatenate([special, rng.normal(size=100) * 10.0]).astype(tf.as_dtype(dtype).as_numpy_dtype)
+    keys = sort_keys(tf.constant(array)).numpy()
+    floats = array.astype(np.float64)  # Exact widening; NumPy compares in IEEE order.
+    less = floats[:, None] < floats[None, :]
+    equal = floats[:, None] == floats[None, :]
+    assert floats[4] > 0 and (equal & ~np.eye(len(keys), dtype=bool)).any()  # The subnormal survived; ties exist.
     np.testing.assert_array_equal(keys[:, None] < keys[None, :], less)
     np.testing.assert_array_equal(keys[:, None] == keys[None, :], equal)
 
