@@ -21,7 +21,7 @@ This file is our own PyTorch rendering of the *structure* of the original
 public PyTorch implementation (channels-first `(B, C, N)` tensors, kernel-1
 Conv1d/Conv2d layers, FSPool via `torch.sort`, inner loop with
 `torch.autograd.grad(..., create_graph=True)`, Adam), written from
-/work/shared/SPEC.md for timing only. It is not a port of anyone's code and
+the project's algorithm spec (SPEC.md) for timing only. It is not a port of anyone's code and
 is not used by the library or its tests.
 
 Batches are random (same generator, seed and shapes as train_step.py's
@@ -167,17 +167,19 @@ def build_modules(torch):
 # Losses (SPEC §6).
 # --------------------------------------------------------------------------------------------
 
-def huber(diff):
-    """Elementwise smooth-L1 / Huber with delta 1."""
-    import torch
-
-    a = diff.abs()
-    return torch.where(a < 1, 0.5 * diff * diff, a - 0.5)
-
-
 def pairwise_cost(pred, target):
-    """`(B, N_pred, N_target)`: Huber of pred_i - target_j averaged over features. Inputs `(B, F, N)`."""
-    return huber(pred.unsqueeze(3) - target.unsqueeze(2)).mean(dim=1)
+    """`(B, N_pred, N_target)`: Huber of pred_i - target_j averaged over features. Inputs `(B, F, N)`.
+
+    smooth_l1 (beta 1 = Huber delta 1) on stride-0 expanded views: one fused `(B, F, N, N)`
+    output per call instead of a chain of elementwise temporaries.
+    """
+    import torch.nn.functional as F
+
+    b, f, n_pred = pred.shape
+    n_target = target.size(2)
+    p = pred.unsqueeze(3).expand(b, f, n_pred, n_target)
+    t = target.unsqueeze(2).expand(b, f, n_pred, n_target)
+    return F.smooth_l1_loss(p, t, reduction="none").mean(dim=1)
 
 
 def chamfer(pred, target):
@@ -308,9 +310,30 @@ class Step:
 # --------------------------------------------------------------------------------------------
 
 def check(torch):
-    """Cheap correctness checks at small sizes; raises on failure."""
+    """Cheap correctness checks at small sizes; prints each result and returns True if all pass."""
+    import itertools
+
+    import numpy as np
+
     small = {"set_mnist": dict(set_size=24, dim=32, latent=8), "clevr_decoder": dict(dim=32, latent=16)}
     ok = True
+
+    # 0. Losses against plain numpy loops on a tiny batch (pred/target (B, F, N), F = 3, N = 5).
+    rng = np.random.default_rng(1)
+    pred, target = (rng.normal(size=(2, 3, 5)) * 1.5 for _ in range(2))
+    d = np.zeros((2, 5, 5))
+    for b, i, j in itertools.product(range(2), range(5), range(5)):
+        e = np.abs(pred[b, :, i] - target[b, :, j])
+        d[b, i, j] = np.where(e < 1, 0.5 * e * e, e - 0.5).mean()
+    want_chamfer = np.mean(d.min(axis=1).mean(axis=1) + d.min(axis=2).mean(axis=1))
+    want_hungarian = np.mean([min(np.mean(d[b, range(5), perm]) for perm in itertools.permutations(range(5)))
+                              for b in range(2)])
+    got_chamfer = float(chamfer(torch.from_numpy(pred), torch.from_numpy(target)))
+    got_hungarian = float(hungarian(torch.from_numpy(pred), torch.from_numpy(target)))
+    losses_ok = np.isclose(got_chamfer, want_chamfer) and np.isclose(got_hungarian, want_hungarian)
+    print(f"losses vs brute force: chamfer {got_chamfer:.6f} / {want_chamfer:.6f}, "
+          f"hungarian {got_hungarian:.6f} / {want_hungarian:.6f}: {'ok' if losses_ok else 'MISMATCH'}")
+    ok &= bool(losses_ok)
     for config in CONFIGS:
         # 1. The step runs, the loss is finite and goes down over a few steps on a fixed batch.
         step = Step(torch, config, batch_size=4, **small[config])
