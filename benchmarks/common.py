@@ -109,3 +109,16 @@ def table(rows, columns):
             cells.append("-" if value is None else (fmt.format(value) if fmt else str(value)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# Columns of a per-step timing table (rows from `time_calls` plus examples/s and peak RSS).
+STEP_COLUMNS = [
+    ("median_s", "median s/step", "{:.3f}"), ("min_s", "min s", "{:.3f}"),
+    ("median_cpu_s", "CPU s/step", "{:.3f}"), ("examples_per_s", "examples/s", "{:.1f}"),
+    ("peak_rss_mib", "peak RSS MiB", "{:.0f}"), ("load_before", "load (1/5/15 min)", None),
+]
+
+
+def step_line(label, row):
+    """One progress line for a timed configuration."""
+    return f"{label} {row['median_s']:.3f} s/step (cpu {row['median_cpu_s']:.3f} s, load {row['load_before']})"

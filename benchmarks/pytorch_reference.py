@@ -437,16 +437,12 @@ def main():
     for config in configs:
         row = common.run_child([os.path.abspath(__file__), "--child", f"--config={config}",
                                 f"--warmup={args.warmup}", f"--repeats={args.repeats}", f"--threads={args.threads}"])
-        print(f"{config:14s} {row['median_s']:.3f} s/step (cpu {row['median_cpu_s']:.3f} s, "
-              f"load {row['load_before']})", flush=True)
+        print(common.step_line(f"{config:14s}", row), flush=True)
         rows.append(row)
     common.write_json(args.output, {"benchmark": "pytorch_reference", "machine": rows[0]["machine"], "rows": rows})
     print(common.table(rows, [
         ("config", "config", None), ("decoder", "decoder", None), ("torch", "torch", None),
-        ("threads", "threads", None),
-        ("median_s", "median s/step", "{:.3f}"), ("min_s", "min s", "{:.3f}"),
-        ("median_cpu_s", "CPU s/step", "{:.3f}"), ("examples_per_s", "examples/s", "{:.1f}"),
-        ("peak_rss_mib", "peak RSS MiB", "{:.0f}"), ("load_before", "load (1/5/15 min)", None),
+        ("threads", "threads", None), *common.STEP_COLUMNS,
     ]))
     print(f"Written to {args.output}")
 

@@ -168,15 +168,12 @@ def main():
             if args.profile_dir:
                 argv.append(f"--profile_dir={os.path.join(args.profile_dir, config + '_' + decoder)}")
             row = common.run_child(argv)
-            print(f"{config:14s} {decoder:5s} {row['median_s']:.3f} s/step (cpu {row['median_cpu_s']:.3f} s, "
-                  f"load {row['load_before']})", flush=True)
+            print(common.step_line(f"{config:14s} {decoder:5s}", row), flush=True)
             rows.append(row)
     common.write_json(args.output, {"benchmark": "train_step", "machine": rows[0]["machine"], "rows": rows})
     print(common.table(rows, [
         ("config", "config", None), ("decoder", "decoder", None), ("jit_compile", "XLA", None),
-        ("median_s", "median s/step", "{:.3f}"), ("min_s", "min s", "{:.3f}"),
-        ("median_cpu_s", "CPU s/step", "{:.3f}"), ("examples_per_s", "examples/s", "{:.1f}"),
-        ("peak_rss_mib", "peak RSS MiB", "{:.0f}"), ("load_before", "load (1/5/15 min)", None),
+        ("policy", "dtype policy", None), *common.STEP_COLUMNS,
     ]))
     print(f"Written to {args.output}")
 
