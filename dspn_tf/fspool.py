@@ -75,7 +75,7 @@ class FSPool(keras.layers.Layer):
         k = tf.minimum(tf.floor(t), self.n_pieces - 1)
         f = (t - k)[..., None]
         table = tf.transpose(tf.cast(self.weight, ratio.dtype))  # Shape: [n_pieces + 1, C].
-        k = tf.cast(k, tf.int32)
+        k = tf.cast(k, tf.int64)  # int64: TF would do int32 arithmetic (k + 1) on the host of a GPU.
         left = tf.gather(table, k)
         right = tf.gather(table, k + 1)
         return (1.0 - f) * left + f * right
@@ -115,8 +115,10 @@ class FSPool(keras.layers.Layer):
         # `[batch, C, set_size]` layout: scattering straight into the strided
         # `[batch, set_size, C]` layout saves the transpose below but makes
         # the scatter and its gradient twice as slow on CPU.
+        # Index arithmetic in int64: on a GPU, TF computes int32 arithmetic on the host.
         rows = tf.shape(order)[0] * tf.shape(order)[1]
-        flat = tf.reshape(order + set_size * tf.reshape(tf.range(rows), tf.shape(order)[:2])[..., None], [-1])
+        row_starts = tf.range(tf.cast(rows, tf.int64)) * tf.cast(set_size, tf.int64)
+        flat = tf.reshape(tf.cast(order, tf.int64) + tf.reshape(row_starts, tf.shape(order)[:2])[..., None], [-1])
         if mask is None:
             n = tf.cast(set_size, work)
             ratio = positions / tf.maximum(n - 1.0, 1.0)  # Shape: [set_size].
@@ -149,21 +151,25 @@ class FSPool(keras.layers.Layer):
 def sort_keys(values):
     """Integer keys that order like the float `values`: `a < b` iff `key(a) < key(b)`.
 
-    A float is sign and magnitude; its magnitude bits read as an integer
-    already order the magnitudes. The key is the magnitude for a positive
-    sign and minus the magnitude for a negative one, so -0.0 and +0.0 get the
-    same key (they compare equal, and a sort breaks their tie by index, as
-    for any equal floats), -inf and +inf the smallest and largest non-NaN
-    keys. The order is IEEE's on every device (subnormals stay above zero
-    even where a CPU kernel flushes them). float16 and bfloat16 are widened to
-    float32 first (exactly); float64 gives int64 keys.
+    A float's bits read as a signed integer already order the non-negative
+    floats; flipping the magnitude bits of the negative ones reverses their
+    order and keeps them below every non-negative key. Zeros are mapped to
+    +0.0 first, so floats that compare equal get equal keys (a sort then
+    breaks the tie by index, as it does for the floats); -inf and +inf come
+    out as the smallest and largest non-NaN keys. The zero test is a float
+    comparison on the running device, so the keys order exactly as that
+    device's float sort would (TF's CPU kernels treat subnormals as zero).
+    Only bitwise ops touch the integers: TF runs int32 arithmetic on the host
+    when the graph is on a GPU, bitwise ops stay on the device. float16 and
+    bfloat16 are widened to float32 first (exactly); float64 gives int64 keys.
     """
     if values.dtype == tf.float64:
         int_dtype, bits = tf.int64, 64
     else:
         values = tf.cast(values, tf.float32)
         int_dtype, bits = tf.int32, 32
+    values = tf.where(values == 0, tf.zeros_like(values), values)  # -0.0 -> +0.0.
     raw = tf.bitcast(values, int_dtype)
-    magnitude = tf.bitwise.bitwise_and(raw, tf.constant(2 ** (bits - 1) - 1, int_dtype))
-    sign = tf.bitwise.right_shift(raw, tf.constant(bits - 1, int_dtype))  # 0, or -1 (all ones) if negative.
-    return tf.bitwise.bitwise_xor(magnitude, sign) - sign  # magnitude, or -magnitude if negative.
+    negative = tf.bitwise.right_shift(raw, tf.constant(bits - 1, int_dtype))  # All ones if negative, else 0.
+    flip = tf.bitwise.bitwise_and(negative, tf.constant(2 ** (bits - 1) - 1, int_dtype))
+    return tf.bitwise.bitwise_xor(raw, flip)

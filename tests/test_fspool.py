@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from dspn_tf import FSPool
 from dspn_tf.fspool import sort_keys
+from graph_checks import large_int32_arithmetic
 from numpy_reference import fspool_reference
 
 
@@ -174,13 +175,14 @@ def test_sort_keys_order_exactly_like_the_floats(rng, dtype):
     # signs, zeros of both signs (equal), infinities, subnormals, ties.
     tiny = {"float16": 6e-8, "bfloat16": 1e-39, "float32": 1e-45, "float64": 5e-324}[dtype]
     special = [0.0, -0.0, np.inf, -np.inf, tiny, -tiny, 1.0, -1.0, 1.0, -1.0, 3e4, -3e4, 0.5, -2.0]
-    # Made in NumPy: TensorFlow's CPU casts would flush the subnormals.
-    array = np.concatenate([special, rng.normal(size=100) * 10.0]).astype(tf.as_dtype(dtype).as_numpy_dtype)
-    keys = sort_keys(tf.constant(array)).numpy()
-    floats = array.astype(np.float64)  # Exact widening; NumPy compares in IEEE order.
-    less = floats[:, None] < floats[None, :]
-    equal = floats[:, None] == floats[None, :]
-    assert floats[4] > 0 and (equal & ~np.eye(len(keys), dtype=bool)).any()  # The subnormal survived; ties exist.
+    values = tf.constant(np.concatenate([special, rng.normal(size=100) * 10.0]).astype(
+        tf.as_dtype(dtype).as_numpy_dtype))
+    keys = sort_keys(values).numpy()
+    # Compared by TensorFlow on the same device, as a float sort compares them
+    # (TF's CPU kernels treat subnormals as zero; keys and floats agree).
+    less = tf.less(values[:, None], values[None, :]).numpy()
+    equal = tf.equal(values[:, None], values[None, :]).numpy()
+    assert less.any() and (equal & ~np.eye(len(keys), dtype=bool)).any()
     np.testing.assert_array_equal(keys[:, None] < keys[None, :], less)
     np.testing.assert_array_equal(keys[:, None] == keys[None, :], equal)
 
@@ -205,6 +207,18 @@ def test_tied_elements_take_positions_in_index_order(rng):
     expected = np.empty(7)
     expected[order] = position_weight
     np.testing.assert_allclose(grad, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_no_int32_arithmetic_on_set_sized_tensors(masked):
+    # On a GPU, TensorFlow runs int32 Add/Sub/Mul/... on the host: a
+    # set-sized int32 op in the pool would copy every batch off the device
+    # and back. Sort keys and scatter indices must use bitwise ops or int64.
+    pool = built_pool(5, 3)
+    fn = tf.function(lambda x, m: pool(x, mask=m if masked else None))
+    graph = fn.get_concrete_function(tf.TensorSpec([4, 7, 3]), tf.TensorSpec([4, 7])).graph
+    offenders = large_int32_arithmetic(graph, min_elements=7)
+    assert not offenders, offenders
 
 
 # --- Contract -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from dspn_tf import losses
+from graph_checks import large_int32_arithmetic
 from numpy_reference import chamfer_reference, huber_reference, pairwise_cost_reference
 
 
@@ -132,6 +133,20 @@ def test_chamfer_gradient_is_finite_and_nonzero(rng):
         loss = losses.chamfer_loss(sets, masks, target, target_mask)
     for grad in tape.gradient(loss, [sets, masks]):
         assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
+
+
+def test_chamfer_gradient_has_no_int32_arithmetic_on_matches():
+    # The backward scatter indexes every matched pair: int32 arithmetic there
+    # would run on the host of a GPU (see graph_checks).
+    def loss_and_grad(s, m, t, tm):
+        with tf.GradientTape() as tape:
+            tape.watch([s, m])
+            loss = losses.chamfer_loss(s, m, t, tm)
+        return tape.gradient(loss, [s, m])
+
+    spec = [tf.TensorSpec([3, 2, 5, 2]), tf.TensorSpec([3, 2, 5]), tf.TensorSpec([2, 5, 2]), tf.TensorSpec([2, 5])]
+    graph = tf.function(loss_and_grad).get_concrete_function(*spec).graph
+    assert not large_int32_arithmetic(graph, min_elements=5)
 
 
 # --- Hungarian ----------------------------------------------------------------------------------
