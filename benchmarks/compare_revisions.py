@@ -1,0 +1,106 @@
+r"""A/B step times of two git revisions, interleaved so that machine drift hits both.
+
+    python benchmarks/compare_revisions.py --base=0e1cb38                  # base vs this working tree
+    python benchmarks/compare_revisions.py --base=HEAD~3 --head=HEAD --config=set_mnist --rounds=5
+
+Wall time on a shared or virtual machine drifts by ±10 % between runs
+minutes apart, more than most single changes are worth. This script checks
+each revision out into a temporary git worktree (the working tree itself
+for `--head=.`), then runs `train_step.py` for base and head alternately,
+`--rounds` times per config, each run in a fresh process on that revision's
+own `dspn_tf` (PYTHONPATH). It reports every round and the median over
+rounds of the per-run medians, wall and CPU, and the head/base ratio.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def checkout(rev, parent):
+    """A worktree of `rev` under `parent` (or the repository itself for '.')."""
+    if rev == ".":
+        return REPO
+    path = os.path.join(parent, rev.replace("/", "_").replace("~", "-"))
+    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "--quiet", path, rev], check=True)
+    return path
+
+
+def run_step(tree, config, decoder, warmup, repeats, extra):
+    """One train_step.py child on `tree`'s code; returns its JSON row."""
+    env = dict(os.environ, PYTHONPATH=tree)
+    script = os.path.join(tree, "benchmarks", "train_step.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "row.json")
+        subprocess.run([sys.executable, script, f"--config={config}", f"--decoder={decoder}",
+                        f"--warmup={warmup}", f"--repeats={repeats}", f"--output={out}", *extra],
+                       check=True, cwd=tree, env=env, stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            return json.load(f)["rows"][0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="Git revision to compare against.")
+    parser.add_argument("--head", default=".", help="Git revision, or '.' for the working tree (default).")
+    parser.add_argument("--config", default="set_mnist,clevr_decoder", help="Comma-separated train_step configs.")
+    parser.add_argument("--decoder", default="dspn", choices=("dspn", "mlp"))
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating runs per revision and config.")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--mixed_precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    parser.add_argument("--output", default="benchmarks/results/compare_revisions.json")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+
+    extra = [f"--mixed_precision={args.mixed_precision}"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dspn_tf_ab_") as parent:
+        trees = {}
+        try:
+            trees = {"base": checkout(args.base, parent), "head": checkout(args.head, parent)}
+            for config in args.config.split(","):
+                runs = {"base": [], "head": []}
+                for round_index in range(args.rounds):
+                    # Alternate which side goes first, so neither always runs on a warmer machine.
+                    order = ("base", "head") if round_index % 2 == 0 else ("head", "base")
+                    for side in order:
+                        row = run_step(trees[side], config, args.decoder, args.warmup, args.repeats, extra)
+                        runs[side].append(row)
+                        print(common.step_line(f"round {round_index + 1} {side:4s} {config:14s}", row), flush=True)
+                summary = {"config": config, "decoder": args.decoder}
+                for side in ("base", "head"):
+                    summary[f"{side}_s"] = statistics.median(r["median_s"] for r in runs[side])
+                    summary[f"{side}_cpu_s"] = statistics.median(r["median_cpu_s"] for r in runs[side])
+                summary["wall_ratio"] = summary["head_s"] / summary["base_s"]
+                summary["cpu_ratio"] = summary["head_cpu_s"] / summary["base_cpu_s"]
+                summary["runs"] = runs
+                rows.append(summary)
+        finally:
+            for side, tree in trees.items():
+                if tree != REPO:
+                    subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], check=False)
+    common.write_json(args.output, {"benchmark": "compare_revisions", "base": args.base, "head": args.head,
+                                    "rounds": args.rounds, "policy": args.mixed_precision, "rows": rows})
+    print(common.table(rows, [
+        ("config", "config", None), ("decoder", "decoder", None),
+        ("base_s", f"{args.base} s/step", "{:.3f}"), ("head_s", f"{args.head} s/step", "{:.3f}"),
+        ("wall_ratio", "head / base (wall)", "{:.3f}"),
+        ("base_cpu_s", "base CPU s", "{:.3f}"), ("head_cpu_s", "head CPU s", "{:.3f}"),
+        ("cpu_ratio", "head / base (CPU)", "{:.3f}"),
+    ]))
+    print(f"Written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
