@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from dspn_tf import checks
+from dspn_tf.indexing import flat_segment_ids
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
@@ -115,10 +116,8 @@ class FSPool(keras.layers.Layer):
         # `[batch, C, set_size]` layout: scattering straight into the strided
         # `[batch, set_size, C]` layout saves the transpose below but makes
         # the scatter and its gradient twice as slow on CPU.
-        # Index arithmetic in int64: on a GPU, TF computes int32 arithmetic on the host.
         rows = tf.shape(order)[0] * tf.shape(order)[1]
-        row_starts = tf.range(tf.cast(rows, tf.int64)) * tf.cast(set_size, tf.int64)
-        flat = tf.reshape(tf.cast(order, tf.int64) + tf.reshape(row_starts, tf.shape(order)[:2])[..., None], [-1])
+        flat = flat_segment_ids(order, set_size)
         if mask is None:
             n = tf.cast(set_size, work)
             ratio = positions / tf.maximum(n - 1.0, 1.0)  # Shape: [set_size].

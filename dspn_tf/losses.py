@@ -10,6 +10,8 @@ import numpy as np
 import scipy.optimize
 import tensorflow as tf
 
+from dspn_tf.indexing import flat_segment_ids
+
 
 def huber(x, delta=1.0):
     """Elementwise Huber / smooth-L1: 0.5 x² for |x| < delta, else delta (|x| - delta / 2)."""
@@ -116,9 +118,7 @@ def _huber_grad(x, delta=1.0):
 def _scatter_add(values, index, size):
     """`out[k, index[k, i]] += values[k, i]` for `[k, l, F]` values → `[k, size, F]`."""
     k = tf.shape(values)[0]
-    # int64: on a GPU, TF computes int32 arithmetic on the host.
-    starts = tf.range(tf.cast(k, tf.int64)) * tf.cast(size, tf.int64)
-    flat = tf.reshape(tf.cast(index, tf.int64) + starts[:, None], [-1])
+    flat = flat_segment_ids(index, size)
     out = tf.math.unsorted_segment_sum(tf.reshape(values, [-1, tf.shape(values)[2]]), flat, k * size)
     return tf.reshape(out, [k, size, tf.shape(values)[2]])
 

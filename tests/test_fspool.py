@@ -171,7 +171,7 @@ def test_input_gradient_is_differentiable_wrt_weights(rng):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 def test_sort_keys_order_exactly_like_the_floats(rng, dtype):
-    # Every pair of values must compare the same way as keys as as floats:
+    # Every pair of values must compare the same way as keys as it does as floats:
     # signs, zeros of both signs (equal), infinities, subnormals, ties.
     tiny = {"float16": 6e-8, "bfloat16": 1e-39, "float32": 1e-45, "float64": 5e-324}[dtype]
     special = [0.0, -0.0, np.inf, -np.inf, tiny, -tiny, 1.0, -1.0, 1.0, -1.0, 3e4, -3e4, 0.5, -2.0]

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from dspn_tf import losses
+from dspn_tf.indexing import flat_segment_ids
 from graph_checks import large_int32_arithmetic
 from numpy_reference import chamfer_reference, huber_reference, pairwise_cost_reference
 
@@ -133,6 +134,14 @@ def test_chamfer_gradient_is_finite_and_nonzero(rng):
         loss = losses.chamfer_loss(sets, masks, target, target_mask)
     for grad in tape.gradient(loss, [sets, masks]):
         assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
+
+
+def test_flat_segment_ids_hand_computed():
+    # Rows in row-major order of the leading dims, each `size` long; int64 ids.
+    index = tf.constant([[[2, 0], [1, 1]], [[0, 2], [2, 1]]], tf.int32)  # 4 rows of 2 positions, size 3.
+    ids = flat_segment_ids(index, 3)
+    assert ids.dtype == tf.int64
+    np.testing.assert_array_equal(ids.numpy(), [2, 0, 4, 4, 6, 8, 11, 10])
 
 
 def test_chamfer_gradient_has_no_int32_arithmetic_on_matches():
