@@ -40,3 +40,17 @@ def embedding(name, z, latent):
         raise ValueError(f"{name}: `z` must have shape [batch, latent]; received shape {z.shape}.")
     if latent is not None and z.shape[-1] is not None and z.shape[-1] != latent:
         raise ValueError(f"{name} was built for embeddings of size {latent} but received z of shape {z.shape}.")
+
+
+def choice(name, key, value, choices):
+    """Raises ValueError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name}: `{key}` must be one of {', '.join(repr(c) for c in choices)}; received {key}={value!r}.")
+
+
+def positive_float(name, **values):
+    """Raises ValueError unless every keyword value is a finite real number > 0."""
+    for key, value in values.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+        if not ok:
+            raise ValueError(f"{name}: `{key}` must be a positive number; received {key}={value!r}.")
