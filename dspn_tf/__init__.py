@@ -5,12 +5,12 @@ from dspn_tf.baselines import LSTMDecoder, MLPDecoder
 from dspn_tf.dspn import DSPN
 from dspn_tf.encoders import FSEncoder, RNFSEncoder
 from dspn_tf.fspool import FSPool
-from dspn_tf.image_encoders import ConvEncoder, ResNet34Encoder
+from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
 from dspn_tf.models import ImageToSet, SetAutoEncoder, build_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvEncoder", "DSPN", "FSEncoder", "FSPool", "ImageToSet", "LSTMDecoder", "MLPDecoder", "RNFSEncoder",
-    "ResNet34Encoder", "SetAutoEncoder", "build_model", "losses",
+    "ResNet18Encoder", "ResNet34Encoder", "SetAutoEncoder", "build_model", "losses",
 ]

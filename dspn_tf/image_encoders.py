@@ -48,11 +48,31 @@ def _build_chain(layers, shape):
 
 def _run(layers, x, training):
     for layer in layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, (keras.layers.BatchNormalization, BasicBlock)):
             x = layer(x, training=training)
         else:
             x = layer(x)
     return x
+
+
+def _resnet_stem():
+    """torchvision's ResNet stem: conv 7×7 stride 2, BN, ReLU, max-pool 3×3 stride 2."""
+    return [
+        *_conv(64, 7, 2, 3, False, "conv1"),
+        keras.layers.BatchNormalization(name="bn1", **_BN),
+        keras.layers.ReLU(name="relu"),
+        keras.layers.ZeroPadding2D(1, name="maxpool_pad"),
+        keras.layers.MaxPooling2D(3, strides=2, name="maxpool"),
+    ]
+
+
+def _resnet_blocks(stages):
+    """BasicBlocks of `(filters, count, first stride)` stages, named like torchvision's `layer<i>`."""
+    blocks = []
+    for stage, (filters, count, stride) in enumerate(stages, start=1):
+        for i in range(count):
+            blocks.append(BasicBlock(filters, stride if i == 0 else 1, name=f"layer{stage}_{i}"))
+    return blocks
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
@@ -120,17 +140,8 @@ class ResNet34Encoder(keras.layers.Layer):
         super().__init__(**kwargs)
         checks.positive_ints("ResNet34Encoder", latent=latent)
         self.latent = latent
-        self.stem = [
-            *_conv(64, 7, 2, 3, False, "conv1"),
-            keras.layers.BatchNormalization(name="bn1", **_BN),
-            keras.layers.ReLU(name="relu"),
-            keras.layers.ZeroPadding2D(1, name="maxpool_pad"),
-            keras.layers.MaxPooling2D(3, strides=2, name="maxpool"),
-        ]
-        self.blocks = []
-        for stage, (filters, count, stride) in enumerate(self.stages, start=1):
-            for i in range(count):
-                self.blocks.append(BasicBlock(filters, stride if i == 0 else 1, name=f"layer{stage}_{i}"))
+        self.stem = _resnet_stem()
+        self.blocks = _resnet_blocks(self.stages)
         self.head = [
             *_conv(512, 3, 2, 1, True, "head_conv1"),
             keras.layers.BatchNormalization(name="head_bn", **_BN),
@@ -153,6 +164,66 @@ class ResNet34Encoder(keras.layers.Layer):
         for block in self.blocks:
             x = block(x, training=training)
         x = _run(self.head, x, training)  # Shape: [batch, 1, 1, latent] for 128×128 input.
+        return self.flatten(x)
+
+    def get_config(self):
+        return {**super().get_config(), "latent": self.latent}
+
+
+@keras.saving.register_keras_serializable(package="dspn_tf")
+class ResNet18Encoder(keras.layers.Layer):
+    """ResNet18 (torchvision layout, no avgpool / fc, not pretrained) and iDSPN's head.
+
+    iDSPN's CLEVR image encoder (Zhang et al., ICLR 2022): the ResNet18 feature
+    map (4×4×512 at 128 px) → BatchNorm → Conv 2×2 stride 2 with
+    `latent / s²` filters → flatten to `[batch, latent]`, where s = H / 64 is
+    the head's output side (2 at 128 px), so `latent` must be divisible by s².
+
+    Args:
+        latent: Embedding size (iDSPN: 512).
+
+    Call arguments:
+        inputs: `[batch, height, width, 3]` images in [0, 1]; height and width
+            multiples of 64.
+        training: Batch statistics in BatchNorm when True.
+
+    Output shape:
+        `[batch, latent]`.
+    """
+
+    stages = ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2))
+
+    def __init__(self, latent, **kwargs):
+        super().__init__(**kwargs)
+        checks.positive_ints("ResNet18Encoder", latent=latent)
+        self.latent = latent
+        self.stem = _resnet_stem()
+        self.blocks = _resnet_blocks(self.stages)
+        self.head_bn = keras.layers.BatchNormalization(name="head_bn", **_BN)
+        self.head_conv = None
+        self.flatten = keras.layers.Flatten(name="flatten")
+        _track(self, self.stem + self.blocks)
+
+    def build(self, input_shape):
+        height, width = input_shape[1], input_shape[2]
+        if height is None or width is None or height % 64 or width % 64:
+            raise ValueError(
+                f"ResNet18Encoder: image height and width must be known multiples of 64; received {input_shape}.")
+        side = (height // 64) * (width // 64)
+        if self.latent % side:
+            raise ValueError(
+                f"ResNet18Encoder: `latent` must be divisible by {side} (the head's {height // 64}×{width // 64} "
+                f"output) at {height}×{width} px; received latent={self.latent}.")
+        self.head_conv = keras.layers.Conv2D(
+            self.latent // side, 2, strides=2, padding="valid", kernel_initializer="glorot_uniform", name="head_conv")
+        shape = _build_chain(self.stem + self.blocks, input_shape)
+        _build_chain([self.head_bn, self.head_conv, self.flatten], shape)
+
+    def call(self, inputs, training=False):
+        if inputs.shape.rank != 4:
+            raise ValueError(f"ResNet18Encoder: images must be [batch, height, width, 3]; received {inputs.shape}.")
+        x = _run(self.stem + self.blocks, inputs, training)
+        x = self.head_conv(self.head_bn(x, training=training))  # Shape: [batch, H / 64, W / 64, latent / s²].
         return self.flatten(x)
 
     def get_config(self):

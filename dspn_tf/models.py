@@ -91,7 +91,7 @@ class ImageToSet(keras.Model):
 
 
 def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, decoder_dim=None,
-                set_encoder=None, image_encoder="conv", iters=10, inner_lr=25.0, n_pieces=20):
+                set_encoder=None, image_encoder="conv", iters=10, inner_lr=25.0, n_pieces=20, dspn_options=None):
     """Builds the model of one of the paper's tasks from plain settings.
 
     Args:
@@ -103,10 +103,15 @@ def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, de
         latent: Embedding size.
         decoder_dim: Hidden width of a baseline decoder (default `dim`).
         set_encoder: "fs" or "rnfs" (default: "fs" for the auto-encoder, "rnfs" for images).
-        image_encoder: "conv" (small, for CPUs) or "resnet34" (the paper's).
+        image_encoder: "conv" (small, for CPUs), "resnet34" (the DSPN paper's)
+            or "resnet18" (iDSPN's).
         iters: DSPN inner steps.
         inner_lr: DSPN per-sample inner step size.
         n_pieces: FSPool pieces.
+        dspn_options: Further keyword arguments of `DSPN` (the inner-loop
+            options: `gradient`, `momentum`, `nesterov`, `clip`, `inner_loss`,
+            `starting_set`, `start_regularizer`, `tolerance`, `seed`); ignored
+            by the baselines.
 
     Returns:
         A `SetAutoEncoder` or `ImageToSet`.
@@ -114,7 +119,7 @@ def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, de
     # Imported here to keep this module importable without a cycle.
     from dspn_tf.baselines import LSTMDecoder, MLPDecoder
     from dspn_tf.encoders import FSEncoder, RNFSEncoder
-    from dspn_tf.image_encoders import ConvEncoder, ResNet34Encoder
+    from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
 
     if task not in ("autoencoder", "image"):
         raise ValueError(f"build_model: `task` must be 'autoencoder' or 'image'; received {task!r}.")
@@ -124,7 +129,7 @@ def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, de
         raise ValueError(f"build_model: `set_encoder` must be one of {sorted(encoders)}; received {set_encoder!r}.")
     make_set_encoder = lambda: encoders[set_encoder](dim, latent, n_pieces=n_pieces)  # noqa: E731
     if decoder == "dspn":
-        dec = DSPN(make_set_encoder(), set_size, set_channels, iters=iters, lr=inner_lr)
+        dec = DSPN(make_set_encoder(), set_size, set_channels, iters=iters, lr=inner_lr, **(dspn_options or {}))
     elif decoder in ("mlp", "lstm"):
         cls = MLPDecoder if decoder == "mlp" else LSTMDecoder
         dec = cls(set_size, set_channels, decoder_dim or dim)
@@ -132,7 +137,7 @@ def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, de
         raise ValueError(f"build_model: `decoder` must be 'dspn', 'mlp' or 'lstm'; received {decoder!r}.")
     if task == "autoencoder":
         return SetAutoEncoder(dec, encoder=None if decoder == "dspn" else make_set_encoder())
-    images = {"conv": ConvEncoder, "resnet34": ResNet34Encoder}
+    images = {"conv": ConvEncoder, "resnet18": ResNet18Encoder, "resnet34": ResNet34Encoder}
     if image_encoder not in images:
         raise ValueError(f"build_model: `image_encoder` must be one of {sorted(images)}; received {image_encoder!r}.")
     return ImageToSet(images[image_encoder](latent), dec)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from dspn_tf import LSTMDecoder, MLPDecoder
-from dspn_tf.image_encoders import ConvEncoder, ResNet34Encoder
+from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
 
 SET_SIZE, CHANNELS, LATENT, DIM = 5, 3, 4, 8
 
@@ -151,6 +151,25 @@ def test_resnet34_shape_and_parameter_count(rng):
     assert trainable == TORCHVISION_RESNET34_WITHOUT_FC + head
     # Running statistics: 2 per BatchNorm channel, not trainable.
     assert all("moving" in w.path for w in encoder.non_trainable_weights)
+
+
+TORCHVISION_RESNET18_WITHOUT_FC = 11_176_512  # sum(p.numel()) of resnet18() minus fc (512 * 1000 + 1000).
+
+
+def test_resnet18_shape_and_parameter_count(rng):
+    latent = 16
+    encoder = ResNet18Encoder(latent)
+    images = rng.random((2, 128, 128, 3)).astype(np.float32)
+    assert encoder(images).shape == (2, latent)
+    # iDSPN's head: BatchNorm, then Conv 2×2 stride 2 with latent / 4 filters (4×4 → 2×2) and bias.
+    head = 2 * 512 + 2 * 2 * 512 * (latent // 4) + latent // 4
+    trainable = sum(int(np.prod(w.shape)) for w in encoder.trainable_weights)
+    assert trainable == TORCHVISION_RESNET18_WITHOUT_FC + head
+    assert ResNet18Encoder(latent)(rng.random((1, 256, 256, 3)).astype(np.float32)).shape == (1, latent)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        ResNet18Encoder(6)(images)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        ResNet18Encoder(8)(images[:, :100])
 
 
 def test_conv_encoder_shape_and_errors(rng):

@@ -12,6 +12,7 @@ KINDS = [
     ("autoencoder", "lstm", "fs", "conv"),
     ("image", "dspn", "rnfs", "conv"),
     ("image", "mlp", "rnfs", "resnet34"),
+    ("image", "dspn", "fs", "resnet18"),  # Its head conv is made in build.
 ]
 
 
@@ -21,7 +22,7 @@ def _built(task, decoder, set_encoder, image_encoder):
     if task == "autoencoder":
         model({"set": tf.zeros([1, 5, 3]), "mask": tf.ones([1, 5])}, iters=0)
     else:
-        # ResNet34 and its head need 128 px to reach a 1×1 map.
+        # ResNet34 and its head need 128 px to reach a 1×1 map (ResNet18's head a 2×2 one).
         model(tf.zeros([1, 128, 128, 3]), iters=0)
     return model
 
