@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from dspn_tf import losses as losses_lib
 from dspn_tf import metrics
-from dspn_tf.models import SetAutoEncoder
 from dspn_tf.training import model_inputs
 
 
@@ -50,7 +49,7 @@ def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None
     for b, batch in enumerate(dataset):
         if max_batches is not None and b >= max_batches:
             break
-        sets, masks = run(model_inputs(model, batch))
+        sets, masks = run(model_inputs(model, batch, set_key))
         sets, masks = sets.numpy(), masks.numpy()
         one_shot = sets.shape[0] == 1
         for i in iters_list:
@@ -90,7 +89,7 @@ def evaluate(model, dataset, *, set_key, iters_list, max_batches=None):
     """
     predictions = collect_predictions(model, dataset, set_key=set_key, iters_list=iters_list, max_batches=max_batches)
     results = {}
-    if set_key == "set" or isinstance(model, SetAutoEncoder):
+    if set_key == "set":
         for i, value in chamfer_per_iters(predictions).items():
             results[str(i)] = {"chamfer": value}
     else:

@@ -40,10 +40,21 @@ class LossSettings:
             raise ValueError(f"LossSettings: `repr_lambda` must be >= 0; received {self.repr_lambda}.")
 
 
-def model_inputs(model, batch):
-    """The part of a batch dict that the model reads."""
+def model_inputs(model, batch, set_key="set"):
+    """The part of a batch dict that the model reads.
+
+    Args:
+        model: A `SetAutoEncoder` (reads the target set itself: `batch[set_key]`
+            and `batch["mask"]`, e.g. "set" for set-MNIST, "state" for CLEVR
+            object states) or an `ImageToSet` (reads `batch["image"]`).
+        batch: A dict of batched tensors.
+        set_key: Key of the set in `batch`.
+    """
     if isinstance(model, SetAutoEncoder):
-        return {"set": batch["set"], "mask": batch["mask"]}
+        if set_key not in batch:
+            raise KeyError(f"model_inputs: the batch has no set {set_key!r} for the auto-encoder; "
+                           f"its keys are {sorted(batch)}.")
+        return {"set": batch[set_key], "mask": batch["mask"]}
     return batch["image"]
 
 
@@ -60,7 +71,7 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
         `(outputs, losses)`: the model's output dict and a dict of `[batch]`
         tensors `loss`, `set_loss` and `repr_loss`.
     """
-    outputs = model(model_inputs(model, batch), iters=iters, training=training)
+    outputs = model(model_inputs(model, batch, settings.set_key), iters=iters, training=training)
     target_set, target_mask = batch[settings.set_key], batch["mask"]
     loss_fn = losses_lib.chamfer_loss if settings.loss == "chamfer" else losses_lib.hungarian_loss
     kwargs = {} if settings.loss == "chamfer" else {"all_steps": settings.all_steps}
@@ -102,13 +113,18 @@ class Trainer:
         self.settings = settings
         self.global_batch_size = int(global_batch_size)
         self.strategy = strategy or tf.distribute.get_strategy()
+        decoder = getattr(model, "decoder", None)
+        if settings.all_steps and getattr(decoder, "gradient", "unrolled") == "implicit":
+            raise ValueError(
+                "Trainer: a DSPN with gradient='implicit' carries gradients on its final step only, so the set "
+                "loss cannot average over all steps; use LossSettings(all_steps=False) (flag --noloss_all_steps).")
         self.traces = 0
         step = self._distributed_step
         self.train_step = step if run_eagerly else tf.function(step, jit_compile=jit_compile or None)
 
-    def _replica_step(self, batch):
+    def _replica_step(self, batch, iters=None):
         with tf.GradientTape() as tape:
-            outputs, losses = per_sample_losses(self.model, batch, self.settings, training=True)
+            outputs, losses = per_sample_losses(self.model, batch, self.settings, training=True, iters=iters)
             scaled = tf.reduce_sum(losses["loss"]) / self.global_batch_size
             # A keras.optimizers.LossScaleOptimizer (mixed_float16) scales the loss
             # here and unscales the gradients in `apply`; other optimizers return it unchanged.
@@ -122,8 +138,9 @@ class Trainer:
         metrics["inner_grad_norm"] = tf.reduce_sum(outputs["grad_norms"], axis=1) / self.global_batch_size
         return metrics
 
-    def _distributed_step(self, batch):
-        self.traces += 1  # Python side effect: counts traces, not calls.
-        per_replica = self.strategy.run(self._replica_step, args=(batch,))
+    def _distributed_step(self, batch, iters=None):
+        """One optimizer step on a batch; `iters` (a Python int) overrides the DSPN's inner steps."""
+        self.traces += 1  # Python side effect: counts traces (one per distinct `iters`), not calls.
+        per_replica = self.strategy.run(self._replica_step, args=(batch,), kwargs={"iters": iters})
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 

@@ -119,3 +119,92 @@ def state_table(pred, pred_mask, target, target_mask, names):
         tc, tw = describe(target[partner[i]]) if i in partner else ("", "")
         lines.append(f"| {i} | {pred_mask[i]:.2f} | {pc} | {pw} | {tc} | {tw} |")
     return "\n".join(lines)
+
+
+# sRGB colours of CLEVR's properties.json, in the order of the state's colour one-hot.
+_CLEVR_RGB = {
+    "cyan": (41, 208, 208), "blue": (42, 75, 215), "yellow": (255, 238, 51), "purple": (129, 38, 192),
+    "red": (173, 35, 35), "green": (29, 105, 20), "gray": (87, 87, 87), "brown": (129, 74, 25),
+}
+_CLEVR_RADIUS = {"large": 0.7, "small": 0.35}  # CLEVR's object "radius" in scene units.
+
+
+def _attributes(row, names):
+    """{group: value} of the argmax of each one-hot group of a state row."""
+    out, start = {}, 3
+    for group, values in names:
+        out[group] = values[int(np.argmax(row[start:start + len(values)]))]
+        start += len(values)
+    return out
+
+
+def _marker(shape, dx, dy, r):
+    """Pixels (offsets dx, dy from the centre, y down) inside a marker of radius r."""
+    if shape == "cube":
+        return np.maximum(np.abs(dx), np.abs(dy)) <= 0.85 * r
+    if shape == "cylinder":  # An upward triangle, so it is not mistaken for a sphere.
+        t = (dy + r) / (2.0 * r)
+        return (t >= 0) & (t <= 1) & (np.abs(dx) <= 1.1 * r * t)
+    return dx * dx + dy * dy <= r * r  # Sphere (and anything else): a disc.
+
+
+def _objects_panel(states, mask, names, size, extent):
+    """Top-down (x right, y up) view of a set of object states on a light floor."""
+    canvas = np.full((size, size, 3), 236.0)
+    scale = size / (2.0 * extent)  # Pixels per scene unit.
+    # The [-3, 3]^2 area where CLEVR places objects, as a faint frame.
+    lo, hi = int(round((extent - 3.0) * scale)), int(round((extent + 3.0) * scale)) - 1
+    canvas[lo:hi + 1, [lo, hi]] = canvas[[lo, hi], lo:hi + 1] = 200.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    mask = np.clip(np.asarray(mask, np.float64), 0.0, 1.0)
+    # Faint slots first, so confident ones are drawn on top.
+    for i in np.argsort(mask, kind="stable"):
+        if mask[i] <= 0.0:
+            continue
+        attrs = _attributes(states[i], names)
+        cx = (3.0 * states[i][0] + extent) * scale
+        cy = (extent - 3.0 * states[i][1]) * scale
+        r = _CLEVR_RADIUS.get(attrs.get("size"), 0.5) * scale
+        dx, dy = xx - cx, yy - cy
+        inside = _marker(attrs.get("shape"), dx, dy, r)
+        if not inside.any():
+            continue
+        border = inside & ~_marker(attrs.get("shape"), dx, dy, max(r - 2.0, 0.0))
+        colour = np.asarray(_CLEVR_RGB.get(attrs.get("color"), (0, 0, 0)), np.float64)
+        fill = np.where(border[..., None], 0.45 * colour, colour)
+        if attrs.get("material") == "metal":  # A white highlight marks metal.
+            shine = (dx + 0.3 * r) ** 2 + (dy + 0.3 * r) ** 2 <= (0.25 * r) ** 2
+            fill = np.where(shine[..., None], 255.0, fill)
+        canvas = np.where(inside[..., None], (1.0 - mask[i]) * canvas + mask[i] * fill, canvas)
+    return canvas.astype(np.uint8)
+
+
+def state_progression(states, masks, target, target_mask, names, size=160, extent=3.5):
+    """CLEVR object states seen from above: every decoder step, then the truth.
+
+    Each object is drawn at its (x, y) position with its predicted colour,
+    its shape as the marker (sphere: disc, cube: square, cylinder: triangle),
+    its size as the marker size (to scale), a white highlight if metal, and
+    its mask value as its opacity.
+
+    Args:
+        states: `[steps, N, 18]` predicted states (coords / 3, then one-hots).
+        masks: `[steps, N]`.
+        target: `[M, 18]`.
+        target_mask: `[M]`.
+        names: `(("material", (...)), ("color", (...)), ...)` attribute groups
+            in the state's order (`dspn_tf.data.clevr.ATTRIBUTES`).
+        size: Panel side in pixels.
+        extent: Half the side of the floor area shown, in scene units.
+    """
+    states, target = np.asarray(states), np.asarray(target)
+    if states.ndim != 3 or target.ndim != 2 or states.shape[-1] != target.shape[-1]:
+        raise ValueError(f"state_progression: expected states [steps, N, C] and target [M, C]; received "
+                         f"{states.shape} and {target.shape}.")
+    expected = 3 + sum(len(v) for _, v in names)
+    if states.shape[-1] != expected:
+        raise ValueError(f"state_progression: states have {states.shape[-1]} features, but the attribute groups "
+                         f"need {expected}.")
+    panels = [_objects_panel(s, m, names, size, extent) for s, m in zip(states, masks)]
+    panels.append(_objects_panel(target, target_mask, names, size, extent))
+    return _row(panels)

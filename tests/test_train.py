@@ -118,6 +118,46 @@ def test_clevr_config_families_train(tmp_path, cache, config):
         assert set(results) == {"1"}
 
 
+@pytest.mark.parametrize("decoder", ["dspn", "mlp"])
+def test_clevr_state_autoencoder_trains_evaluates_and_exports(tmp_path, capsys, monkeypatch, decoder):
+    from train import export as export_main
+
+    config = os.path.join(ROOT, f"configs/clevr_mini_state_autoencoder_{decoder}.cfg")
+    model_dir, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+    argv = [f"--flagfile={config}", *TINY, f"--cache_dir={cache}", f"--model_dir={model_dir}"]
+    # The hints printed at the end name the flagfile of the command line.
+    monkeypatch.setattr(sys, "argv", ["train", *argv])
+    run([*argv, "--train_steps=3", "--image_every=2"])
+    out = capsys.readouterr().out
+    results = json.load(open(os.path.join(model_dir, "eval_results.json")))
+    assert results["dataset"] == "clevr_state_autoencoder" and results["step"] == 3
+    assert set(results["results"]) == ({"1", "2"} if decoder == "dspn" else {"1"})
+    for row in results["results"].values():
+        assert set(row) == {"ap_inf", "ap_1", "ap_0.5", "ap_0.25", "ap_0.125", "num_examples"}
+        assert row["num_examples"] == 8
+    assert f"tensorboard --logdir {model_dir}" in out
+    assert f"python -m train.export --flagfile={config}" in out
+    baseline = "MLP baseline with the same budget: python -m train.train --flagfile="
+    assert (baseline + config.replace("_dspn.cfg", "_mlp.cfg") in out) == (decoder == "dspn")
+    tags = scalars(model_dir, "train").Tags()["tensors"]
+    assert "progression/states" in tags and "progression/state_tables" in tags
+    # No image anywhere: the auto-encoder reads scene states only.
+    assert os.listdir(cache) == ["clevr_states"]
+    # Export the checkpoint and serve a state set through the SavedModel.
+    FLAGS.unparse_flags()
+    try:
+        export_main._parse_flags(["export", *argv, "--noexport_keras"])
+        export_main.main([])
+    finally:
+        FLAGS.unparse_flags()
+    loaded = tf.saved_model.load(os.path.join(model_dir, "export", "1"))
+    state = np.zeros([2, 10, 18], np.float32)
+    state[:, :3, 3] = 1.0
+    served = loaded.signatures["serving_default"](set=state, mask=(state[..., 3] > 0).astype(np.float32),
+                                                  **({"iters": tf.constant(2)} if decoder == "dspn" else {}))
+    assert served["set"].shape == (2, 10, 18) and served["mask"].shape == (2, 10)
+
+
 @pytest.mark.parametrize("decoder", ["dspn", "mlp", "lstm"])
 def test_set_mnist_families_train(tmp_path, decoder):
     data = write_idx_mnist(str(tmp_path / "mnist"), 16)

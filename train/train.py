@@ -116,13 +116,21 @@ def _is_chief(strategy):
 def _write_pictures(model, batch, step):
     """Progression pictures of the first examples of a fixed batch."""
     settings = common.loss_settings()
-    out = model(model_inputs(model, batch), training=False)
+    out = model(model_inputs(model, batch, settings.set_key), training=False)
     sets, masks = out["sets"].numpy(), out["masks"].numpy()
     target, target_mask = batch[settings.set_key].numpy(), batch["mask"].numpy()
     count = min(4, sets.shape[1])
     if settings.set_key == "set":
         rows = [visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i]) for i in range(count)]
         tf.summary.image("progression/sets", np.stack(rows), step=step, max_outputs=count)
+        return
+    if "image" not in batch:  # The state auto-encoder: objects seen from above.
+        rows = [visualize.state_progression(sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+                for i in range(count)]
+        tf.summary.image("progression/states", np.stack(rows), step=step, max_outputs=count)
+        tables = [visualize.state_table(sets[-1, i], masks[-1, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+                  for i in range(count)]
+        tf.summary.text("progression/state_tables", "\n\n".join(tables), step=step)
         return
     images = batch["image"].numpy()
     if settings.set_key == "boxes":
@@ -164,10 +172,11 @@ def main(argv):
 
     train_ds, train_size = _train_data(strategy)
     total_steps = _total_steps(train_size)
+    schedule = common.parse_iters_schedule(FLAGS.iters_schedule, total_steps, FLAGS.iters)
     keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
     with strategy.scope():
         model = common.build_model()
-        optimizer = keras.optimizers.Adam(FLAGS.learning_rate, epsilon=1e-8)
+        optimizer = keras.optimizers.Adam(common.learning_rate(total_steps), epsilon=1e-8)
         if FLAGS.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # The Trainer scales the loss.
         optimizer.build(model.trainable_variables)
@@ -207,7 +216,8 @@ def main(argv):
     start, first_step = time.time(), int(step)
     running = None
     while int(step) < total_steps:
-        values = trainer.train_step(split_for_replicas(strategy, next(iterator), FLAGS.batch_size))
+        iters = common.iters_at(schedule, int(step)) if FLAGS.decoder == "dspn" else None
+        values = trainer.train_step(split_for_replicas(strategy, next(iterator), FLAGS.batch_size), iters=iters)
         loss = float(values["train/loss"])
         if FLAGS.nan_at_step is not None and int(step) + 1 == FLAGS.nan_at_step:
             loss = float("nan")
@@ -253,6 +263,23 @@ def main(argv):
     title = f"{FLAGS.decoder} on {FLAGS.dataset}, step {int(step)}, {next(iter(results.values()))['num_examples']} eval examples"
     print(evaluation.format_table(results, title))
     print(f"Results written to {path}")
+    print(_next_steps())
+
+
+def _next_steps():
+    """What to run next, printed after the results table."""
+    # absl consumes --flagfile while parsing, so read it from the command line.
+    flagfiles = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--flagfile=")]
+    flagfile = flagfiles[-1] if flagfiles else None
+    model_dir = FLAGS.model_dir
+    lines = [f"TensorBoard (losses, AP, pictures of every inner step): tensorboard --logdir {model_dir}"]
+    if flagfile and FLAGS.decoder == "dspn" and flagfile.endswith("_dspn.cfg"):
+        baseline = flagfile[:-len("_dspn.cfg")] + "_mlp.cfg"
+        if os.path.isfile(baseline):
+            lines.insert(0, f"MLP baseline with the same budget: python -m train.train --flagfile={baseline}")
+    export = f"python -m train.export --flagfile={flagfile}" if flagfile else "python -m train.export <same flags>"
+    lines.append(f"Export for TF Serving: {export} --model_dir={model_dir}")
+    return "\n".join(lines)
 
 
 def run():

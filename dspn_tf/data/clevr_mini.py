@@ -562,12 +562,17 @@ def _sample_objects(rng, directions):
     return placed
 
 
-def make_scene(seed, split, index):
+def make_scene(seed, split, index, *, render=True):
     """Samples and renders one scene.
 
+    Args:
+      seed, split, index: the scene's random stream.
+      render: False skips shading the image (the visibility pass that CLEVR's
+        placement rules need still runs); the scene dict is the same.
+
     Returns:
-      (scene dict in CLEVR's schema, uint8 image [320, 480, 3]). The result
-      depends only on (seed, split, index).
+      (scene dict in CLEVR's schema, uint8 image [320, 480, 3], or None when
+      `render=False`). The result depends only on (seed, split, index).
     """
     rd = _renderer()
     rng = np.random.default_rng([seed, _SPLIT_IDS.get(split, 3), index])
@@ -585,7 +590,7 @@ def make_scene(seed, split, index):
         # spending time on shading them).
         if counts.min() >= MIN_PIXELS:
             break
-    image = _compose(rd, objects, centres, ids, depth, boxes)
+    image = _compose(rd, objects, centres, ids, depth, boxes) if render else None
     scene = {"image_index": index, "objects": objects}
     scene["relationships"] = _relationships(objects, rd.directions)
     scene["image_filename"] = _image_name(split, index)
@@ -631,6 +636,48 @@ def _render_chunk(args):
             f.write(encode_png(image))
         scenes.append(scene)
     return scenes
+
+
+def _scene_chunk(args):
+    seed, split, start, stop = args
+    return [make_scene(seed, split, index, render=False)[0] for index in range(start, stop)]
+
+
+def generate_scenes(count, *, split, seed=0, workers=None, chunk_size=500):
+    """Scene dicts of `count` generated scenes, without rendering their images.
+
+    Scene `i` is exactly the scene that `generate` renders as image `i` of the
+    same split and seed (same random stream), so labels computed from these
+    dicts are those of the rendered dataset. About 1 ms of CPU per scene.
+
+    Args:
+      count: number of scenes (>= 0).
+      split: "train", "val" or "test" (each split has its own random streams).
+      seed: non-negative integer.
+      workers: processes (default: all CPUs); does not affect the output.
+      chunk_size: scenes per task handed to a worker.
+    Returns:
+      A list of `count` scene dicts in CLEVR's schema, in index order.
+    """
+    for name, value in (("count", count), ("seed", seed)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"split must be one of {', '.join(_SPLIT_IDS)}, got {split!r}")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    tasks = [(seed, split, s, min(s + chunk_size, count)) for s in range(0, count, chunk_size)]
+    if workers == 1 or len(tasks) <= 1:
+        results = list(map(_scene_chunk, tasks))
+    else:
+        _renderer()  # Built once here and inherited by the forked workers.
+        with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+            results = pool.map(_scene_chunk, tasks, chunksize=1)
+    return [scene for chunk in results for scene in chunk]
 
 
 def generate(out_dir, *, num_train, num_val, seed=0, workers=None, chunk_size=50,
