@@ -77,7 +77,8 @@ class FSEncoder(keras.layers.Layer):
         # linear in its input and its sort is unchanged by a positive scale, so
         # dividing the pooled [batch, latent] output is the same function as
         # dividing the [batch, n, latent] elements, at 1/n of the cost.
-        return self.pool(x) / tf.cast(tf.shape(x)[1], x.dtype)
+        pooled = self.pool(x)
+        return pooled / tf.cast(tf.shape(x)[1], pooled.dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.latent)
