@@ -55,8 +55,12 @@ def random_batch(config, batch_size, seed=0, image_size=128):
     return {"image": tf.constant(image), "state": tf.constant(values), "mask": tf.constant(mask)}
 
 
-def build(config, decoder):
-    """(model, optimizer, LossSettings) of a config, built through the library's factories."""
+def build(config, decoder, iters=10, inner_gradient="unrolled"):
+    """(model, optimizer, LossSettings) of a config, built through the library's factories.
+
+    With `inner_gradient="implicit"` the set loss scores the final step only
+    (implicit gradients carry nothing else), also for set-MNIST's Chamfer.
+    """
     import keras
     import tensorflow as tf
     from dspn_tf.baselines import MLPDecoder
@@ -65,24 +69,26 @@ def build(config, decoder):
     from dspn_tf.models import ImageToSet, build_model
     from dspn_tf.training import LossSettings
 
+    options = {"gradient": inner_gradient}
     if config == "set_mnist":
         model = build_model("autoencoder", decoder=decoder, set_size=342, set_channels=2, dim=256, latent=64,
-                            decoder_dim=256, iters=10, inner_lr=25.0)
+                            decoder_dim=256, iters=iters, inner_lr=25.0, dspn_options=options)
         model({"set": tf.zeros([1, 342, 2]), "mask": tf.zeros([1, 342])}, iters=0)
-        settings = LossSettings(set_key="set", loss="chamfer", all_steps=True, repr_lambda=0.0)
+        settings = LossSettings(set_key="set", loss="chamfer", all_steps=inner_gradient == "unrolled", repr_lambda=0.0)
         lr = 1e-2
     else:
         repr_lambda = 0.1 if decoder == "dspn" else 0.0
         settings = LossSettings(set_key="state", loss="hungarian", all_steps=False, repr_lambda=repr_lambda)
         lr = 3e-4
         if config == "clevr_decoder":
-            dec = (DSPN(RNFSEncoder(512, 512), 10, 18, iters=10, lr=25.0) if decoder == "dspn"
+            dec = (DSPN(RNFSEncoder(512, 512), 10, 18, iters=iters, lr=25.0, **options) if decoder == "dspn"
                    else MLPDecoder(10, 18, 512))
             model = ImageToSet(keras.layers.Dense(512, name="embed"), dec)
             model(tf.zeros([1, 512]), iters=0)
         else:
             model = build_model("image", decoder=decoder, set_size=10, set_channels=18, dim=512, latent=512,
-                                decoder_dim=512, image_encoder="resnet34", iters=10, inner_lr=25.0)
+                                decoder_dim=512, image_encoder="resnet34", iters=iters, inner_lr=25.0,
+                                dspn_options=options)
             model(tf.zeros([1, 128, 128, 3]), iters=0)
     optimizer = keras.optimizers.Adam(lr, epsilon=1e-8)
     optimizer.build(model.trainable_variables)
@@ -101,7 +107,8 @@ def measure(args):
     keras.utils.set_random_seed(0)
     if args.mixed_precision != "float32":
         keras.mixed_precision.set_global_policy(args.mixed_precision)
-    model, optimizer, settings = build(args.config, args.decoder)
+    iters = args.iters[0]  # A child process measures one count.
+    model, optimizer, settings = build(args.config, args.decoder, iters, args.inner_gradient)
     if args.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     trainer = Trainer(model, optimizer, settings, global_batch_size=args.batch_size, jit_compile=args.jit_compile)
@@ -110,6 +117,7 @@ def measure(args):
     def step():
         return float(trainer.train_step(batch)["train/loss"])
 
+    rss_before_mib = common.peak_rss_mib()  # Model, optimizer and batch exist; no step has run.
     first_loss = step()  # Traces and compiles.
     if args.profile_dir:
         for _ in range(args.warmup):
@@ -125,9 +133,12 @@ def measure(args):
         "batch_size": args.batch_size,
         "jit_compile": args.jit_compile,
         "policy": args.mixed_precision,
+        "iters": iters,
+        "inner_gradient": args.inner_gradient,
         **timing,
         "examples_per_s": args.batch_size / timing["median_s"],
         "peak_rss_mib": common.peak_rss_mib(),
+        "step_rss_mib": common.peak_rss_mib() - rss_before_mib,
         "traces": trainer.traces,
         "first_loss": first_loss,
         "machine": common.machine(),
@@ -144,6 +155,9 @@ def main():
     parser.add_argument("--jit_compile", action="store_true", help="XLA-compile the train step.")
     parser.add_argument("--mixed_precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
                         default="float32", help="Keras dtype policy (the DSPN inner loop stays float32).")
+    parser.add_argument("--iters", type=int, nargs="+", default=[10], help="DSPN inner steps (one row each).")
+    parser.add_argument("--inner_gradient", choices=("unrolled", "implicit", "both"), default="unrolled",
+                        help="How the DSPN inner loop is differentiated ('both': a row each).")
     parser.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default.")
     parser.add_argument("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default.")
     parser.add_argument("--profile_dir", default=None, help="Also write a TensorBoard profiler trace of 3 steps.")
@@ -156,24 +170,29 @@ def main():
         return
     configs = CONFIGS if args.config == "all" else (args.config,)
     decoders = DECODERS if args.decoder == "all" else (args.decoder,)
+    gradients = ("unrolled", "implicit") if args.inner_gradient == "both" else (args.inner_gradient,)
+    runs = [(config, decoder, iters, gradient) for config in configs for decoder in decoders
+            for iters in (args.iters if decoder == "dspn" else args.iters[:1])
+            for gradient in (gradients if decoder == "dspn" else gradients[:1])]
     rows = []
-    for config in configs:
-        for decoder in decoders:
-            argv = [os.path.abspath(__file__), "--child", f"--config={config}", f"--decoder={decoder}",
-                    f"--batch_size={args.batch_size}", f"--warmup={args.warmup}", f"--repeats={args.repeats}",
-                    f"--mixed_precision={args.mixed_precision}", f"--intra_op_threads={args.intra_op_threads}",
-                    f"--inter_op_threads={args.inter_op_threads}"]
-            if args.jit_compile:
-                argv.append("--jit_compile")
-            if args.profile_dir:
-                argv.append(f"--profile_dir={os.path.join(args.profile_dir, config + '_' + decoder)}")
-            row = common.run_child(argv)
-            print(common.step_line(f"{config:14s} {decoder:5s}", row), flush=True)
-            rows.append(row)
+    for config, decoder, iters, gradient in runs:
+        argv = [os.path.abspath(__file__), "--child", f"--config={config}", f"--decoder={decoder}",
+                f"--iters={iters}", f"--inner_gradient={gradient}",
+                f"--batch_size={args.batch_size}", f"--warmup={args.warmup}", f"--repeats={args.repeats}",
+                f"--mixed_precision={args.mixed_precision}", f"--intra_op_threads={args.intra_op_threads}",
+                f"--inter_op_threads={args.inter_op_threads}"]
+        if args.jit_compile:
+            argv.append("--jit_compile")
+        if args.profile_dir:
+            argv.append(f"--profile_dir={os.path.join(args.profile_dir, config + '_' + decoder)}")
+        row = common.run_child(argv)
+        print(common.step_line(f"{config:14s} {decoder:5s} {gradient:8s} {iters:3d}", row), flush=True)
+        rows.append(row)
     common.write_json(args.output, {"benchmark": "train_step", "machine": rows[0]["machine"], "rows": rows})
     print(common.table(rows, [
-        ("config", "config", None), ("decoder", "decoder", None), ("jit_compile", "XLA", None),
-        ("policy", "dtype policy", None), *common.STEP_COLUMNS,
+        ("config", "config", None), ("decoder", "decoder", None), ("inner_gradient", "gradient", None),
+        ("iters", "iters", None), ("jit_compile", "XLA", None), ("policy", "dtype policy", None),
+        *common.STEP_COLUMNS, ("step_rss_mib", "RSS growth in steps (MiB)", "{:.0f}"),
     ]))
     print(f"Written to {args.output}")
 
