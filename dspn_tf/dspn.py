@@ -338,7 +338,9 @@ class DSPN(keras.layers.Layer):
             with tf.control_dependencies([check]):
                 iters = tf.identity(iters)
         out, state = self._looped(z, state, start, iters - 1, training, return_state=True)
-        state = tf.nest.map_structure(tf.stop_gradient, state)
+        # Nothing of the graph loop is on a gradient path, so TF builds no backward loop for it (a
+        # zero gradient flowing into the stacked steps would still make it run one).
+        out, state = tf.nest.map_structure(tf.stop_gradient, (out, state))
         # The gradient: one plain step of size lr from the detached previous set.
         per_sample, set_grad, mask_grad = self.inner_gradient(z, state[0], state[1], start, training)
         plain_set = state[0] - self.lr * set_grad
