@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from dspn_tf import losses as losses_lib
 from dspn_tf import metrics
-from dspn_tf.training import model_inputs
 
 
 def _step_index(iters, total, name):
@@ -49,7 +48,7 @@ def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None
     for b, batch in enumerate(dataset):
         if max_batches is not None and b >= max_batches:
             break
-        sets, masks = run(model_inputs(model, batch, set_key))
+        sets, masks = run(model.inputs_of(batch, set_key))
         sets, masks = sets.numpy(), masks.numpy()
         one_shot = sets.shape[0] == 1
         for i in iters_list:

@@ -37,8 +37,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-from dspn_tf.dspn import DSPN
-from dspn_tf.models import ImageToSet, SetAutoEncoder
+from dspn_tf.models import is_set_model
 
 KERAS_FILENAME = os.path.join("assets.extra", "model.keras")
 _HIDDEN = re.compile(r"^\.(?:tmp|del)-(\d+)-(\d+)$")
@@ -65,7 +64,7 @@ class ServingModule(tf.Module):
 
     def __init__(self, model, *, image_size=None, max_iters=100, all_steps=False):
         super().__init__(name="dspn_serving")
-        if not isinstance(model, (SetAutoEncoder, ImageToSet)):
+        if not is_set_model(model):
             raise ValueError(
                 f"ServingModule: `model` must be a SetAutoEncoder or ImageToSet; received {type(model).__name__}."
             )
@@ -79,7 +78,7 @@ class ServingModule(tf.Module):
         self._holder = _Untracked(model)
         self.model_variables = [v.value for v in model.variables]
         decoder = model.decoder
-        self.iterative = isinstance(decoder, DSPN)
+        self.iterative = model.iterative
         self.set_size = decoder.set_size
         self.set_channels = decoder.set_channels
         self.latent = decoder.latent
@@ -93,18 +92,14 @@ class ServingModule(tf.Module):
         set_spec = tf.TensorSpec([None, self.set_size, self.set_channels], tf.float32, name="set")
         mask_spec = tf.TensorSpec([None, self.set_size], tf.float32, name="mask")
         z_spec = tf.TensorSpec([None, self.latent], tf.float32, name="z")
-        if isinstance(model, ImageToSet):
-            height, width = _image_size(model, image_size)
-            self.input_specs = [tf.TensorSpec([None, height, width, 3], tf.float32, name="image")]
-        else:
-            self.input_specs = [set_spec, mask_spec]
+        self.input_specs = model.input_signature(image_size)
 
         self.serve = self._decoding_function(self._encode_input, self.input_specs, final_step=True)
         self.decode = self._decoding_function(_identity_z, [z_spec], final_step=True)
         if all_steps:
             self.serve_all_steps = self._decoding_function(self._encode_input, self.input_specs, final_step=False)
             self.decode_all_steps = self._decoding_function(_identity_z, [z_spec], final_step=False)
-        set_encoder = model.encoder if isinstance(model, SetAutoEncoder) else model.set_encoder
+        set_encoder = model.set_encoder
         if set_encoder is not None:
 
             @tf.function(input_signature=[set_spec, mask_spec])
@@ -131,9 +126,7 @@ class ServingModule(tf.Module):
         return {key: getattr(self, attr) for key, attr in names.items() if hasattr(self, attr)}
 
     def _encode_input(self, *inputs):
-        if isinstance(self.model, ImageToSet):
-            return self.model.image_encoder(inputs[0], training=False)
-        return self.model.encoder(inputs[0], inputs[1], training=False)
+        return self.model.embed(*inputs, training=False)
 
     def _decoding_function(self, to_z, specs, final_step):
         """A tf.function `(*specs[, iters]) → outputs`; `iters` defaults to the trained value."""
@@ -233,17 +226,6 @@ def _bad_rows(inputs):
 def _nan_rows(x, bad):
     bad = tf.reshape(bad, [-1] + [1] * (x.shape.rank - 1))
     return tf.where(bad, tf.constant(float("nan"), x.dtype), x)
-
-
-def _image_size(model, image_size):
-    if image_size is not None:
-        height, width = image_size
-        return int(height), int(width)
-    shape = getattr(model, "_build_shapes_dict", None) or {}
-    shape = shape.get("input_shape")
-    if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
-        raise ValueError("ServingModule: cannot tell the image size of this ImageToSet; pass image_size=(height, width).")
-    return int(shape[1]), int(shape[2])
 
 
 def list_versions(export_base):

@@ -155,7 +155,7 @@ def _chamfer_pairs(pred, target):
     return value, grad
 
 
-def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, reduction="mean"):
+def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=True, reduction="mean"):
     """Chamfer loss averaged over decoder steps (set-MNIST; SPEC §6).
 
     Per sample and step: `mean_j min_i d(i, j) + mean_i min_j d(i, j)` with d
@@ -168,12 +168,16 @@ def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, reduction="mean
         pred_masks: `[steps, batch, n]` or `[batch, n]`.
         target_set: `[batch, m, C]`.
         target_mask: `[batch, m]`.
+        all_steps: If True (the reference for Chamfer), the loss is averaged
+            over all steps; if False, only the last step is scored.
         reduction: "mean" (scalar, batch mean) or "none" (`[batch]`).
 
     Returns:
-        The loss averaged over steps.
+        The loss averaged over the scored steps.
     """
     pred_sets, pred_masks = _as_steps(pred_sets, pred_masks, "chamfer_loss")
+    if not all_steps:
+        pred_sets, pred_masks = pred_sets[-1:], pred_masks[-1:]
     target_set = tf.convert_to_tensor(target_set, pred_sets.dtype)
     target_mask = tf.convert_to_tensor(target_mask, pred_sets.dtype)
     _check_target("chamfer_loss", target_set, target_mask, pred_sets)

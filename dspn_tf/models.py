@@ -7,6 +7,7 @@ Both return the decoder dict plus the embedding `z`.
 """
 
 import keras
+import tensorflow as tf
 
 from dspn_tf.dspn import DSPN
 
@@ -44,6 +45,48 @@ class SetAutoEncoder(keras.Model):
     def shares_encoder(self):
         return isinstance(self.decoder, DSPN) and self.decoder.encoder is self.encoder
 
+    @property
+    def iterative(self):
+        """True if the decoder runs an inner loop (a `DSPN`)."""
+        return isinstance(self.decoder, DSPN)
+
+    @property
+    def set_encoder(self):
+        """The set encoder g (the `encode` of an export)."""
+        return self.encoder
+
+    @property
+    def repr_encoder(self):
+        """The encoder of target sets for the representation loss: none here, since z is g(target) already."""
+        return self.encoder if self.shares_encoder else None
+
+    def inputs_of(self, batch, set_key="set"):
+        """The part of a batch dict this model reads: `batch[set_key]` and `batch["mask"]`.
+
+        Raises:
+            KeyError: naming `set_key` and the batch's keys if the set is missing.
+        """
+        if set_key not in batch:
+            raise KeyError(f"SetAutoEncoder: the batch has no set {set_key!r} for the auto-encoder; "
+                           f"its keys are {sorted(batch)}.")
+        return {"set": batch[set_key], "mask": batch["mask"]}
+
+    def embed(self, *inputs, training=False):
+        """z of the model's input tensors (`set`, `mask`), as `input_signature` orders them."""
+        return self.encoder(inputs[0], inputs[1], training=training)
+
+    def input_signature(self, image_size=None):
+        """`[TensorSpec]` of the model's input tensors (`set`, `mask`); `image_size` is ignored."""
+        del image_size
+        n, c = self.decoder.set_size, self.decoder.set_channels
+        return [tf.TensorSpec([None, n, c], tf.float32, name="set"), tf.TensorSpec([None, n], tf.float32, name="mask")]
+
+    def build_on_zeros(self, input_shape=None):
+        """Creates every variable by one call on zeros; `input_shape` is `(N, C)` (default: the decoder's)."""
+        n, c = input_shape or (self.decoder.set_size, self.decoder.set_channels)
+        self({"set": tf.zeros([1, n, c]), "mask": tf.zeros([1, n])}, iters=0)
+        return self
+
     def call(self, inputs, iters=None, training=False):
         z = self.encoder(inputs["set"], inputs["mask"], training=training)
         return {**self.decoder(z, iters=iters, training=training), "z": z}
@@ -74,9 +117,48 @@ class ImageToSet(keras.Model):
         self.decoder = _deserialize(decoder)
 
     @property
+    def iterative(self):
+        """True if the decoder runs an inner loop (a `DSPN`)."""
+        return isinstance(self.decoder, DSPN)
+
+    @property
     def set_encoder(self):
         """The encoder g of target sets (DSPN only; baselines have none)."""
         return self.decoder.encoder if isinstance(self.decoder, DSPN) else None
+
+    @property
+    def repr_encoder(self):
+        """The encoder of target sets for the representation loss (`set_encoder`)."""
+        return self.set_encoder
+
+    def inputs_of(self, batch, set_key="set"):
+        """The part of a batch dict this model reads: `batch["image"]`; `set_key` is ignored."""
+        del set_key
+        return batch["image"]
+
+    def embed(self, *inputs, training=False):
+        """z of the model's input tensor (`image`)."""
+        return self.image_encoder(inputs[0], training=training)
+
+    def input_signature(self, image_size=None):
+        """`[TensorSpec]` of the image input; `image_size` `(height, width)` defaults to the built size.
+
+        Raises:
+            ValueError: if `image_size` is not given and the model was not built on images of a known size.
+        """
+        if image_size is None:
+            shape = (getattr(self, "_build_shapes_dict", None) or {}).get("input_shape")
+            if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
+                raise ValueError(
+                    "ServingModule: cannot tell the image size of this ImageToSet; pass image_size=(height, width).")
+            image_size = shape[1:3]
+        height, width = (int(side) for side in image_size)
+        return [tf.TensorSpec([None, height, width, 3], tf.float32, name="image")]
+
+    def build_on_zeros(self, input_shape):
+        """Creates every variable by one call on zeros; `input_shape` is `(H, W, 3)` or `(features,)`."""
+        self(tf.zeros([1, *input_shape]), iters=0)
+        return self
 
     def call(self, inputs, iters=None, training=False):
         z = self.image_encoder(inputs, training=training)
@@ -90,8 +172,14 @@ class ImageToSet(keras.Model):
         }
 
 
+def is_set_model(obj):
+    """True for the whole models of this module (what export and evaluation accept)."""
+    return isinstance(obj, (SetAutoEncoder, ImageToSet))
+
+
 def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, decoder_dim=None,
-                set_encoder=None, image_encoder="conv", iters=10, inner_lr=25.0, n_pieces=20, dspn_options=None):
+                set_encoder=None, image_encoder="conv", iters=10, inner_lr=25.0, n_pieces=20, dspn_options=None,
+                input_shape=None):
     """Builds the model of one of the paper's tasks from plain settings.
 
     Args:
@@ -112,10 +200,22 @@ def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, de
             options: `gradient`, `momentum`, `nesterov`, `clip`, `inner_loss`,
             `starting_set`, `start_regularizer`, `tolerance`, `seed`); ignored
             by the baselines.
+        input_shape: If given, the model is built by one call on zeros of this
+            per-example shape (`(N, C)` for the auto-encoder, `(H, W, 3)` for
+            images), so a checkpoint restores into existing variables.
 
     Returns:
         A `SetAutoEncoder` or `ImageToSet`.
     """
+    model = _assemble(task, decoder=decoder, set_size=set_size, set_channels=set_channels, dim=dim, latent=latent,
+                      decoder_dim=decoder_dim, set_encoder=set_encoder, image_encoder=image_encoder, iters=iters,
+                      inner_lr=inner_lr, n_pieces=n_pieces, dspn_options=dspn_options)
+    return model if input_shape is None else model.build_on_zeros(tuple(input_shape))
+
+
+def _assemble(task, *, decoder, set_size, set_channels, dim, latent, decoder_dim, set_encoder, image_encoder,
+              iters, inner_lr, n_pieces, dspn_options):
+    """The unbuilt model of `build_model`."""
     # Imported here to keep this module importable without a cycle.
     from dspn_tf.baselines import LSTMDecoder, MLPDecoder
     from dspn_tf.encoders import FSEncoder, RNFSEncoder

@@ -10,7 +10,6 @@ import dataclasses
 import tensorflow as tf
 
 from dspn_tf import losses as losses_lib
-from dspn_tf.models import SetAutoEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,30 +39,6 @@ class LossSettings:
             raise ValueError(f"LossSettings: `repr_lambda` must be >= 0; received {self.repr_lambda}.")
 
 
-def model_inputs(model, batch, set_key="set"):
-    """The part of a batch dict that the model reads.
-
-    Args:
-        model: A `SetAutoEncoder` (reads the target set itself: `batch[set_key]`
-            and `batch["mask"]`, e.g. "set" for set-MNIST, "state" for CLEVR
-            object states) or an `ImageToSet` (reads `batch["image"]`).
-        batch: A dict of batched tensors.
-        set_key: Key of the set in `batch`.
-    """
-    if isinstance(model, SetAutoEncoder):
-        if set_key not in batch:
-            raise KeyError(f"model_inputs: the batch has no set {set_key!r} for the auto-encoder; "
-                           f"its keys are {sorted(batch)}.")
-        return {"set": batch[set_key], "mask": batch["mask"]}
-    return batch["image"]
-
-
-def _set_encoder(model):
-    if isinstance(model, SetAutoEncoder):
-        return model.encoder if model.shares_encoder else None
-    return model.set_encoder
-
-
 def per_sample_losses(model, batch, settings, *, training, iters=None):
     """Runs the model on a batch and scores it per sample.
 
@@ -71,17 +46,14 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
         `(outputs, losses)`: the model's output dict and a dict of `[batch]`
         tensors `loss`, `set_loss` and `repr_loss`.
     """
-    outputs = model(model_inputs(model, batch, settings.set_key), iters=iters, training=training)
+    outputs = model(model.inputs_of(batch, settings.set_key), iters=iters, training=training)
     target_set, target_mask = batch[settings.set_key], batch["mask"]
     loss_fn = losses_lib.chamfer_loss if settings.loss == "chamfer" else losses_lib.hungarian_loss
-    kwargs = {} if settings.loss == "chamfer" else {"all_steps": settings.all_steps}
     # Losses in float32 also when a mixed-precision decoder outputs float16/bfloat16.
     sets, masks = tf.cast(outputs["sets"], tf.float32), tf.cast(outputs["masks"], tf.float32)
-    if settings.loss == "chamfer" and not settings.all_steps:
-        sets, masks = sets[-1:], masks[-1:]
-    set_loss = loss_fn(sets, masks, target_set, target_mask, reduction="none", **kwargs)
+    set_loss = loss_fn(sets, masks, target_set, target_mask, all_steps=settings.all_steps, reduction="none")
     repr_loss = tf.zeros_like(set_loss)
-    encoder = _set_encoder(model)
+    encoder = model.repr_encoder
     if settings.repr_lambda > 0 and encoder is not None:
         # Neither side is stop-gradiented: this trains the image encoder
         # towards g(target) and g towards the image embedding (SPEC §6).
@@ -119,8 +91,13 @@ class Trainer:
                 "Trainer: a DSPN with gradient='implicit' carries gradients on its final step only, so the set "
                 "loss cannot average over all steps; use LossSettings(all_steps=False) (flag --noloss_all_steps).")
         self.traces = 0
+        self.workers, self.worker_index, self.local_replicas = workers(self.strategy)
         step = self._distributed_step
         self.train_step = step if run_eagerly else tf.function(step, jit_compile=jit_compile or None)
+
+    def split(self, batch):
+        """This worker's batch as per-replica values (`split_for_replicas`)."""
+        return split_for_replicas(self.strategy, batch, self.global_batch_size)
 
     def _replica_step(self, batch, iters=None):
         with tf.GradientTape() as tape:
@@ -144,3 +121,44 @@ class Trainer:
         per_replica = self.strategy.run(self._replica_step, args=(batch,), kwargs={"iters": iters})
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
+
+
+def cluster_task(strategy):
+    """(task type, task id) of this process in a multi-worker cluster, else (None, 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return None, 0
+    return resolver.task_type, resolver.task_id or 0
+
+
+def is_chief(strategy):
+    """True unless this is a non-chief worker of a multi-worker strategy."""
+    task_type, task_id = cluster_task(strategy)
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+
+
+def workers(strategy):
+    """(number of workers, this worker's index, replicas on this worker)."""
+    if strategy.num_replicas_in_sync == 1:
+        return 1, 0, 1
+    local = len(strategy.extended.worker_devices)
+    count = strategy.num_replicas_in_sync // local
+    return count, (cluster_task(strategy)[1] if count > 1 else 0), local
+
+
+def split_for_replicas(strategy, batch, global_batch_size):
+    """Hands each local replica its slice of this worker's batch.
+
+    The batches come from a plain `tf.data` iterator (which, unlike a
+    distributed iterator, can be checkpointed) and are split here.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return batch
+    _, _, local = workers(strategy)
+    per_replica = global_batch_size // strategy.num_replicas_in_sync
+
+    def slice_for(context):
+        i = context.replica_id_in_sync_group % local
+        return tf.nest.map_structure(lambda t: t[i * per_replica:(i + 1) * per_replica], batch)
+
+    return strategy.experimental_distribute_values_from_function(slice_for)

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from dspn_tf.training import Trainer
 from train import evaluate as evaluate_main
 from train import train as train_main
 
@@ -144,12 +145,7 @@ def test_clevr_state_autoencoder_trains_evaluates_and_exports(tmp_path, capsys, 
     # No image anywhere: the auto-encoder reads scene states only.
     assert os.listdir(cache) == ["clevr_states"]
     # Export the checkpoint and serve a state set through the SavedModel.
-    FLAGS.unparse_flags()
-    try:
-        export_main._parse_flags(["export", *argv, "--noexport_keras"])
-        export_main.main([])
-    finally:
-        FLAGS.unparse_flags()
+    run([*argv, "--noexport_keras"], entry=export_main)
     loaded = tf.saved_model.load(os.path.join(model_dir, "export", "1"))
     state = np.zeros([2, 10, 18], np.float32)
     state[:, :3, 3] = 1.0
@@ -186,10 +182,31 @@ def test_resume_continues_exactly(tmp_path, cache):
         assert a[step] == b[step], (step, a[step], b[step])
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, cache):
+def _nan_loss_at_call(monkeypatch, bad_call):
+    """Makes the Trainer's train step report a NaN loss on its `bad_call`-th call (after its update)."""
+    original_init = Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        step, calls = self.train_step, []
+
+        def train_step(batch, iters=None):
+            values = step(batch, iters=iters)
+            calls.append(None)
+            if len(calls) == bad_call:
+                values = {**values, "train/loss": tf.constant(float("nan"))}
+            return values
+
+        self.train_step = train_step
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, cache, monkeypatch):
     model_dir = str(tmp_path / "run")
     argv = ["--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_mlp.cfg"), *TINY, f"--cache_dir={cache}",
-            f"--model_dir={model_dir}", "--train_steps=6", "--checkpoint_every=2", "--nan_at_step=5"]
+            f"--model_dir={model_dir}", "--train_steps=6", "--checkpoint_every=2"]
+    _nan_loss_at_call(monkeypatch, 5)
     with pytest.raises(train_main.NonFiniteLossError, match="step 5.*ckpt-4"):
         run(argv)
     ckpts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
@@ -212,7 +229,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from dspn_tf.models import build_model
     from dspn_tf.training import LossSettings, Trainer
-    from train.train import split_for_replicas
+    from dspn_tf.training import split_for_replicas
 
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(size=(8, 16, 16, 3)).astype("float32"),

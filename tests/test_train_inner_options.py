@@ -8,7 +8,7 @@ from absl import flags
 import keras
 import pytest
 
-from train import common
+from train import config as config_lib
 from tests.test_train import ROOT, TINY, run, scalars, write_idx_mnist
 
 FLAGS = flags.FLAGS
@@ -28,15 +28,16 @@ def _clean_flags():
 def test_idspn_flagfile_reaches_the_model_config():
     parsed([f"--flagfile={os.path.join(ROOT, 'configs/clevr_state_idspn.cfg')}", "--dim=16", "--latent=16",
             "--image_size=64", "--seed=5"])
-    model = common.build_model()
+    model = config_lib.build_model(config_lib.from_flags())
     config = model.decoder.get_config()
     expected = {"gradient": "implicit", "momentum": 0.9, "nesterov": True, "clip": 10.0, "inner_loss": "mse",
                 "starting_set": "random", "start_regularizer": 0.0, "tolerance": None, "seed": 5, "lr": 1.0,
                 "iters": 40}
     assert {key: config[key] for key in expected} == expected
     assert type(model.image_encoder).__name__ == "ResNet18Encoder"
-    assert common.parse_iters_schedule(FLAGS.iters_schedule, 1000, FLAGS.iters) == [(0, 20), (500, 40)]
-    rate = common.learning_rate(1000)
+    run_config = config_lib.from_flags()
+    assert config_lib.parse_iters_schedule(run_config.iters_schedule, 1000, run_config.iters) == [(0, 20), (500, 40)]
+    rate = config_lib.learning_rate(run_config, 1000)
     assert float(rate(899)) == pytest.approx(1e-3) and float(rate(901)) == pytest.approx(1e-4)
 
 
@@ -44,28 +45,28 @@ def test_each_inner_flag_reaches_the_model():
     parsed(["--dataset=set_mnist", "--dim=8", "--latent=8", "--inner_gradient=implicit", "--inner_momentum=0.5",
             "--noinner_nesterov", "--inner_clip=3", "--inner_loss=mse", "--starting_set=random",
             "--start_regularizer=0.25", "--inner_tolerance=0.001", "--inner_lr=2"])
-    config = common.build_model().decoder.get_config()
+    config = config_lib.build_model(config_lib.from_flags()).decoder.get_config()
     assert (config["gradient"], config["momentum"], config["nesterov"], config["clip"], config["inner_loss"],
             config["starting_set"], config["start_regularizer"], config["tolerance"], config["lr"]) == (
         "implicit", 0.5, False, 3.0, "mse", "random", 0.25, 0.001, 2.0)
     # Implicit gradients score the final step by default, even for Chamfer.
-    assert not common.loss_settings().all_steps
+    assert not config_lib.loss_settings(config_lib.from_flags()).all_steps
 
 
 def test_iters_schedule_parsing():
-    assert common.parse_iters_schedule([], 100, 10) == [(0, 10)]
-    schedule = common.parse_iters_schedule(["0:20", "50%:40", "90:5"], 100, 10)
+    assert config_lib.parse_iters_schedule([], 100, 10) == [(0, 10)]
+    schedule = config_lib.parse_iters_schedule(["0:20", "50%:40", "90:5"], 100, 10)
     assert schedule == [(0, 20), (50, 40), (90, 5)]
-    assert [common.iters_at(schedule, s) for s in (0, 49, 50, 89, 90, 99)] == [20, 20, 40, 40, 5, 5]
+    assert [config_lib.iters_at(schedule, s) for s in (0, 49, 50, 89, 90, 99)] == [20, 20, 40, 40, 5, 5]
     for bad in ["20", "x:20", "10:-1", "-5:3", "150%:3", "10:2.5", ":"]:
         with pytest.raises(ValueError, match="--iters_schedule"):
-            common.parse_iters_schedule([bad], 100, 10)
+            config_lib.parse_iters_schedule([bad], 100, 10)
 
 
 def test_bad_learning_rate_drops():
     parsed(["--learning_rate_drops=90%,abc"])
     with pytest.raises(ValueError, match="--learning_rate_drops"):
-        common.learning_rate(100)
+        config_lib.learning_rate(config_lib.from_flags(), 100)
 
 
 def test_implicit_training_with_a_schedule_through_the_entry_point(tmp_path, capsys):

@@ -315,11 +315,14 @@ def _decode_file(path, image_size):
     return resize_image(image, image_size)
 
 
+def default_cache_root():
+    """$DSPN_TF_CACHE, else ~/.cache/dspn_tf: the root of every dspn_tf data cache."""
+    return os.environ.get("DSPN_TF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dspn_tf")
+
+
 def default_cache_dir():
-    """$DSPN_TF_CACHE, else ~/.cache/dspn_tf (data folders are often read-only)."""
-    root = os.environ.get("DSPN_TF_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "dspn_tf")
-    return os.path.join(root, "clevr")
+    """The image cache under `default_cache_root()` (data folders are often read-only)."""
+    return os.path.join(default_cache_root(), "clevr")
 
 
 def _hash(*parts):

@@ -757,6 +757,28 @@ def generate(out_dir, *, num_train, num_val, seed=0, workers=None, chunk_size=50
     return final
 
 
+def generated_folder(cache_dir, *, seed, num_train, num_val):
+    """Where `ensure_generated` keeps the scenes of these settings: `<cache_dir>/clevr_mini_seed.._train.._val..`."""
+    return os.path.join(cache_dir, f"clevr_mini_seed{seed}_train{num_train}_val{num_val}")
+
+
+def ensure_generated(cache_dir, *, seed, num_train, num_val, workers=None):
+    """The `CLEVR_v1.0` folder of generated scenes under `cache_dir`, rendered on first use.
+
+    The folder is named after the settings, so other settings get their own
+    scenes and a later call with the same ones reuses them.
+
+    Returns:
+      Path of the `CLEVR_v1.0` folder.
+    """
+    parent = generated_folder(cache_dir, seed=seed, num_train=num_train, num_val=num_val)
+    folder = os.path.join(parent, "CLEVR_v1.0")
+    if not os.path.isdir(folder):
+        print(f"Generating {num_train} + {num_val} CLEVR-format scenes in {parent} ...", flush=True)
+        generate(parent, num_train=num_train, num_val=num_val, seed=seed, workers=workers)
+    return folder
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m dspn_tf.data.clevr_mini",

@@ -1,0 +1,349 @@
+"""A run's settings: the flags read once into a frozen `RunConfig`, and what is built from it.
+
+`from_flags()` is the only place in `train/` that reads `FLAGS`. Everything
+else takes the `RunConfig` (or plain values from it) and calls the library's
+plain-argument factories: the datasets (`dspn_tf.data`), the model
+(`dspn_tf.models.build_model`), the strategy, the loss settings, the
+inner-step schedule and the learning rate.
+"""
+
+import dataclasses
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import flags
+
+from dspn_tf.data import clevr, clevr_mini, clevr_states, set_mnist
+from dspn_tf.models import build_model as build_model_from_args
+from dspn_tf.training import LossSettings, workers
+from train import flags as _flags  # noqa: F401  (defines every flag)
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run, one field per flag (`train/flags.py` documents them)."""
+
+    # Data.
+    dataset: str
+    data_source: str
+    tfds_data_dir: str | None
+    cache_dir: str | None
+    generated_train: int
+    generated_val: int
+    image_size: int
+    max_train_examples: int | None
+    max_eval_examples: int | None
+    shuffle_buffer: int
+    # Model.
+    decoder: str
+    set_encoder: str | None
+    image_encoder: str
+    dim: int
+    latent: int
+    decoder_dim: int | None
+    iters: int
+    inner_lr: float
+    n_pieces: int
+    inner_gradient: str
+    inner_momentum: float
+    inner_nesterov: bool
+    inner_clip: float | None
+    inner_loss: str
+    starting_set: str
+    start_regularizer: float
+    inner_tolerance: float | None
+    iters_schedule: tuple
+    # Loss and optimisation.
+    loss: str | None
+    loss_all_steps: bool | None
+    repr_lambda: float | None
+    learning_rate: float
+    learning_rate_drops: tuple
+    batch_size: int
+    epochs: int | None
+    train_steps: int | None
+    # Run.
+    model_dir: str
+    seed: int
+    deterministic: bool
+    run_eagerly: bool
+    jit_compile: bool
+    mixed_precision: str
+    strategy: str
+    checkpoint_every: int
+    log_every: int
+    image_every: int
+    eval_every: int
+    keep_checkpoints: int
+    progress: bool
+    evaluate_at_end: bool
+    checkpoint: str | None
+    eval_iters: tuple
+    # train.evaluate and train.export.
+    output: str | None
+    checkpoint_dir: str | None
+    export_base: str | None
+    keep_versions: int
+    all_steps: bool
+    export_keras: bool
+    max_iters: int
+    # Not flags: the last --flagfile of the command line (absl consumes it
+    # while parsing) and every flag's value as text, for `flags.txt`.
+    flagfile: str | None = None
+    flags_text: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What `--dataset` asks for: the model kind and the shape of its target set."""
+
+    kind: str  # "autoencoder" (set -> set) or "image" (image -> set).
+    set_key: str  # Key of the target set in a batch: "set", "state" or "boxes".
+    set_size: int
+    set_channels: int
+
+
+def from_flags(flag_values=None, argv=None):
+    """The `RunConfig` of parsed flags (default: absl's `FLAGS` and `sys.argv`)."""
+    flag_values = flag_values or FLAGS
+    values = {}
+    for field in dataclasses.fields(RunConfig):
+        if field.name in ("flagfile", "flags_text"):
+            continue
+        value = getattr(flag_values, field.name)
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    flagfiles = [a.split("=", 1)[1] for a in (sys.argv if argv is None else argv)[1:] if a.startswith("--flagfile=")]
+    return RunConfig(**values, flagfile=flagfiles[-1] if flagfiles else None,
+                     flags_text=flag_values.flags_into_string())
+
+
+def task(config):
+    """The `Task` of `config.dataset`."""
+    if config.dataset == "set_mnist":
+        return Task("autoencoder", "set", set_mnist.MAX_SET_SIZE, 2)
+    if config.dataset == "clevr_state_autoencoder":
+        return Task("autoencoder", "state", clevr.MAX_OBJECTS, clevr.STATE_DIM)
+    if config.dataset == "clevr_state":
+        return Task("image", "state", clevr.MAX_OBJECTS, clevr.STATE_DIM)
+    return Task("image", "boxes", clevr.MAX_OBJECTS, clevr.BOX_DIM)
+
+
+def cache_dir(config):
+    """--cache_dir, else $DSPN_TF_CACHE, else ~/.cache/dspn_tf (the data builders' root too)."""
+    return config.cache_dir or clevr.default_cache_root()
+
+
+def build_split(config, split):
+    """Unbatched dataset of the split ("train" or "eval").
+
+    Raises:
+        ValueError: naming --data_source if the dataset cannot come from it.
+    """
+    if config.dataset == "set_mnist":
+        if config.data_source == "generated":
+            raise ValueError("--data_source=generated is for CLEVR tasks; set-MNIST needs an IDX folder or 'tfds'.")
+        return set_mnist.build_dataset(
+            config.data_source, "train" if split == "train" else "test",
+            shuffle_elements=True, seed=config.seed, data_dir=config.tfds_data_dir)
+    if config.dataset == "clevr_state_autoencoder":
+        if config.data_source == "tfds":
+            raise ValueError("--dataset=clevr_state_autoencoder reads 'generated' scenes or a CLEVR_v1.0 folder, "
+                             "not 'tfds'.")
+        generated = config.data_source == "generated"
+        count = config.generated_train if split == "train" else config.generated_val
+        return clevr_states.build_dataset(
+            config.data_source, "train" if split == "train" else "val",
+            num_scenes=count if generated else None,
+            seed=config.seed, cache_dir=os.path.join(cache_dir(config), "clevr_states"))
+    source = config.data_source
+    if source == "generated":
+        source = clevr_mini.ensure_generated(cache_dir(config), seed=config.seed, num_train=config.generated_train,
+                                             num_val=config.generated_val)
+    return clevr.build_dataset(
+        source, "train" if split == "train" else "val",
+        image_size=config.image_size,
+        cache_dir=os.path.join(cache_dir(config), "clevr"),
+        with_boxes=config.dataset == "clevr_boxes",
+        data_dir=config.tfds_data_dir,
+    )
+
+
+def _batches(dataset, batch_size, *, shuffle_buffer=None, seed=None):
+    """Batched and prefetched; with `shuffle_buffer`, shuffled and repeated (training)."""
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat()
+    # Training batches are full so every step has the same shape (one trace).
+    dataset = dataset.batch(batch_size, drop_remainder=bool(shuffle_buffer))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def train_batches(config, strategy):
+    """This worker's batches of the training split, and the split's size.
+
+    Raises:
+        ValueError: naming --batch_size if it does not split over the replicas or exceeds the split.
+    """
+    ds = build_split(config, "train")
+    if config.max_train_examples:
+        ds = ds.take(config.max_train_examples)
+    size = int(ds.cardinality())
+    if size < 0:
+        size = int(ds.reduce(0, lambda n, _: n + 1))
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"--batch_size={config.batch_size} must be divisible by the {replicas} replicas.")
+    if size < config.batch_size:
+        raise ValueError(f"The training split has {size} examples, fewer than --batch_size={config.batch_size}.")
+    count, index, _ = workers(strategy)
+    if count > 1:
+        ds = ds.shard(count, index)
+    return _batches(ds, config.batch_size // count, shuffle_buffer=config.shuffle_buffer, seed=config.seed), size
+
+
+def eval_batches(config):
+    """Batches of the evaluation split (at most --max_eval_examples), in order."""
+    ds = build_split(config, "eval")
+    if config.max_eval_examples:
+        ds = ds.take(config.max_eval_examples)
+    return _batches(ds, config.batch_size)
+
+
+def total_steps(config, train_size):
+    """--train_steps, else --epochs passes over `train_size` examples."""
+    if config.train_steps:
+        return config.train_steps
+    if config.epochs:
+        return config.epochs * (train_size // config.batch_size)
+    raise ValueError("Set --train_steps or --epochs.")
+
+
+def loss_settings(config):
+    """The `LossSettings` of the run; the defaults follow the reference code."""
+    run_task = task(config)
+    loss = config.loss or ("chamfer" if config.dataset == "set_mnist" else "hungarian")
+    # Implicit gradients train the final step only, so by default they score only it.
+    default_all_steps = loss == "chamfer" and not (config.decoder == "dspn" and config.inner_gradient == "implicit")
+    all_steps = config.loss_all_steps if config.loss_all_steps is not None else default_all_steps
+    repr_lambda = config.repr_lambda
+    if repr_lambda is None:
+        # The paper's representation loss pulls an image embedding towards g(target); an auto-encoder's
+        # embedding is g(target) already.
+        repr_lambda = 0.1 if (config.decoder == "dspn" and run_task.kind == "image") else 0.0
+    return LossSettings(set_key=run_task.set_key, loss=loss, all_steps=all_steps, repr_lambda=repr_lambda)
+
+
+def dspn_options(config):
+    """The DSPN inner-loop keyword arguments of the run."""
+    return {
+        "gradient": config.inner_gradient, "momentum": config.inner_momentum, "nesterov": config.inner_nesterov,
+        "clip": config.inner_clip, "inner_loss": config.inner_loss, "starting_set": config.starting_set,
+        "start_regularizer": config.start_regularizer, "tolerance": config.inner_tolerance, "seed": config.seed,
+    }
+
+
+def build_model(config):
+    """The model of the run, built (variables exist) and ready to restore."""
+    run_task = task(config)
+    if run_task.kind == "autoencoder":
+        input_shape = (run_task.set_size, run_task.set_channels)
+    else:
+        input_shape = (config.image_size, config.image_size, 3)
+    return build_model_from_args(
+        run_task.kind, decoder=config.decoder, set_size=run_task.set_size, set_channels=run_task.set_channels,
+        dim=config.dim, latent=config.latent, decoder_dim=config.decoder_dim, set_encoder=config.set_encoder,
+        image_encoder=config.image_encoder, iters=config.iters, inner_lr=config.inner_lr, n_pieces=config.n_pieces,
+        dspn_options=dspn_options(config), input_shape=input_shape)
+
+
+def build_optimizer(config, model, total):
+    """Adam at `learning_rate(config, total)`, built for the model's variables (call under the strategy's scope)."""
+    optimizer = keras.optimizers.Adam(learning_rate(config, total), epsilon=1e-8)
+    if config.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # The Trainer scales the loss.
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def parse_iters_schedule(entries, total, default_iters):
+    """`--iters_schedule` entries → sorted `[(first step, iters)]`, starting with `(0, default_iters)`.
+
+    Raises:
+        ValueError: naming the flag and the entry that is not `STEP:ITERS`.
+    """
+    schedule = {0: default_iters}
+    for entry in entries:
+        step_text, sep, iters_text = entry.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            iters = int(iters_text)
+            step = _step_of(step_text, total)
+            if iters < 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"--iters_schedule: {entry!r} is not STEP:ITERS with STEP a step >= 0 or a percentage in [0, 100]% "
+                "and ITERS an integer >= 0 (e.g. 0:20,50%:40).") from None
+        schedule[step] = iters
+    return sorted(schedule.items())
+
+
+def iters_schedule(config, total):
+    """The run's `parse_iters_schedule` schedule, or None for a one-shot decoder (no inner steps)."""
+    schedule = parse_iters_schedule(config.iters_schedule, total, config.iters)
+    return schedule if config.decoder == "dspn" else None
+
+
+def iters_at(schedule, step):
+    """The inner steps a training step uses under a `parse_iters_schedule` schedule (None: no schedule)."""
+    if schedule is None:
+        return None
+    return [iters for first, iters in schedule if first <= step][-1]
+
+
+def _step_of(text, total):
+    """A training step written as a number or as a percentage of `total`; ValueError if neither."""
+    if text.endswith("%"):
+        percent = float(text[:-1])
+        if not 0 <= percent <= 100:
+            raise ValueError(text)
+        return int(round(total * percent / 100))
+    step = int(text)
+    if step < 0:
+        raise ValueError(text)
+    return step
+
+
+def learning_rate(config, total):
+    """--learning_rate, as a schedule if --learning_rate_drops is set."""
+    try:
+        drops = sorted({_step_of(text, total) for text in config.learning_rate_drops})
+    except ValueError:
+        raise ValueError(f"--learning_rate_drops={','.join(config.learning_rate_drops)}: every entry must be a step "
+                         ">= 0 or a percentage in [0, 100]% (e.g. 90%).") from None
+    if not drops:
+        return config.learning_rate
+    values = [config.learning_rate * 0.1 ** i for i in range(len(drops) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(drops, values)
+
+
+def make_strategy(config):
+    """The `tf.distribute` strategy of --strategy."""
+    if config.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if config.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def eval_iters(config):
+    """The sorted inner step counts to evaluate at (one for a one-shot decoder)."""
+    values = sorted({int(v) for v in config.eval_iters})
+    if config.decoder != "dspn":
+        return values[:1]
+    return values

@@ -1,0 +1,169 @@
+"""The outer training loop (Orbit's `Controller` role).
+
+The `Trainer` (`dspn_tf.training`) owns model, optimizer and the train step;
+`Loop` owns everything around the steps: the step counter, resuming from and
+writing checkpoints, the NaN guard, summaries, pictures and the evaluation
+cadence.
+"""
+
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dspn_tf import evaluation, visualize
+from dspn_tf.data import clevr
+from dspn_tf.training import is_chief
+from train import checkpoints, config as config_lib
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is left untouched."""
+
+
+class Loop:
+    """Runs a `Trainer` to `total_steps` with checkpoints, summaries and evaluation.
+
+    Args:
+        config: The `RunConfig` (cadences, model_dir, decoder, dataset).
+        trainer: A `dspn_tf.training.Trainer`.
+        train_iterator: An iterator of this worker's training batches (a
+            plain `tf.data` iterator: it is checkpointed with a single worker).
+        eval_dataset: Batched evaluation data (pictures come from its first batch).
+        total_steps: Steps of the whole run (a resume continues to it).
+        schedule: `config.iters_schedule(...)`: inner steps by training step, or None.
+    """
+
+    def __init__(self, config, trainer, train_iterator, eval_dataset, *, total_steps, schedule):
+        self.config = config
+        self.trainer = trainer
+        self.iterator = train_iterator
+        self.eval_dataset = eval_dataset
+        self.total_steps = total_steps
+        self.schedule = schedule
+        self.settings = trainer.settings
+        self.eval_iters = config_lib.eval_iters(config)
+        # Outside the strategy's scope: a host-side counter, not a mirrored variable.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.chief = is_chief(trainer.strategy)
+        self.manager = self._checkpoint_manager()
+        if self.chief:
+            self.train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+            self.eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval"))
+        else:
+            self.train_writer = self.eval_writer = tf.summary.create_noop_writer()
+        self.picture_batch = next(iter(eval_dataset))
+
+    def _checkpoint_manager(self):
+        """Restores the newest checkpoint of the run, if any; returns the manager that saves new ones."""
+        state = {"model": self.trainer.model, "optimizer": self.trainer.optimizer, "step": self.step}
+        if self.trainer.workers == 1:
+            # The input position is part of the checkpoint, so a resumed run sees
+            # the batches an uninterrupted one would. With several workers each
+            # has its own shard and position, which one shared checkpoint cannot
+            # hold: they restart their input pipelines instead.
+            state["iterator"] = self.iterator
+        shared_dir = os.path.join(self.config.model_dir, "checkpoints")
+        latest = checkpoints.restore(state, shared_dir, required=False, partial=False)
+        if latest:
+            print(f"Resumed from {latest} at step {int(self.step)}.", flush=True)
+        # Saving is collective under multi-worker strategies: every worker writes,
+        # but only the chief into the run directory (the others into scratch).
+        own_dir = shared_dir
+        if not self.chief:
+            own_dir = os.path.join(self.config.model_dir, f".worker-{os.getpid()}", "checkpoints")
+        return tf.train.CheckpointManager(tf.train.Checkpoint(**state), own_dir,
+                                          max_to_keep=self.config.keep_checkpoints)
+
+    def run(self):
+        """Trains from the current step to `total_steps`; returns the running-mean loss."""
+        config = self.config
+        progbar = keras.utils.Progbar(self.total_steps, stateful_metrics=["loss"], verbose=1 if config.progress else 0)
+        progbar.update(int(self.step))
+        start, first_step, running = time.time(), int(self.step), None
+        while int(self.step) < self.total_steps:
+            iters = config_lib.iters_at(self.schedule, int(self.step))
+            values = self.trainer.train_step(self.trainer.split(next(self.iterator)), iters=iters)
+            loss = float(values["train/loss"])
+            if not math.isfinite(loss):
+                # The update of this step is not saved: the newest checkpoint on
+                # disk is the last good state.
+                raise NonFiniteLossError(
+                    f"The loss became {loss} at step {int(self.step) + 1}; stopping. The last good checkpoint is "
+                    f"{self.manager.latest_checkpoint or '(none yet)'} and was left untouched.")
+            self.step.assign_add(1)
+            running = loss if running is None else 0.98 * running + 0.02 * loss
+            progbar.update(int(self.step), values=[("loss", running)])
+            self._after_step(int(self.step), values)
+        elapsed, steps_run = time.time() - start, int(self.step) - first_step
+        if steps_run:
+            print(f"Trained {steps_run} steps in {elapsed:.1f} s ({elapsed / steps_run:.3f} s/step); "
+                  f"{self.trainer.traces} trace(s) of the train step.", flush=True)
+        return running
+
+    def _after_step(self, current, values):
+        """Summaries, pictures, checkpoints and evaluation due at step `current`."""
+        config, last = self.config, current == self.total_steps
+        if current % config.log_every == 0 or last:
+            with self.train_writer.as_default(step=current):
+                self._write_scalars(values)
+        if (config.image_every and current % config.image_every == 0) or last:
+            with self.train_writer.as_default(step=current):
+                write_pictures(self.trainer.model, self.picture_batch, self.settings.set_key, current)
+        if current % config.checkpoint_every == 0 or last:
+            self.manager.save(checkpoint_number=current)
+        if config.eval_every and current % config.eval_every == 0 and not last:
+            self.evaluate()
+
+    def _write_scalars(self, values):
+        for name in ("train/loss", "train/set_loss", "train/repr_loss"):
+            tf.summary.scalar(name, values[name])
+        for t, (inner, norm) in enumerate(zip(values["inner_loss"].numpy(), values["inner_grad_norm"].numpy())):
+            tf.summary.scalar(f"inner/loss_step_{t}", inner)
+            tf.summary.scalar(f"inner/grad_norm_step_{t}", norm)
+        optimizer = self.trainer.optimizer
+        lr = optimizer.learning_rate
+        tf.summary.scalar("train/learning_rate", lr(optimizer.iterations) if callable(lr) else lr)
+
+    def evaluate(self):
+        """Evaluates the model at every --eval_iters count and writes `eval/<metric>/iters_<n>`."""
+        results = evaluation.evaluate(self.trainer.model, self.eval_dataset, set_key=self.settings.set_key,
+                                      iters_list=self.eval_iters)
+        with self.eval_writer.as_default(step=int(self.step)):
+            for iters, row in results.items():
+                for name, value in row.items():
+                    if name != "num_examples":
+                        tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
+        return results
+
+
+def write_pictures(model, batch, set_key, step):
+    """Progression pictures of the first examples of a fixed batch (inside a summary writer)."""
+    out = model(model.inputs_of(batch, set_key), training=False)
+    sets, masks = out["sets"].numpy(), out["masks"].numpy()
+    target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
+    count = min(4, sets.shape[1])
+    if set_key == "set":
+        rows = [visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i]) for i in range(count)]
+        tf.summary.image("progression/sets", np.stack(rows), step=step, max_outputs=count)
+        return
+    if set_key == "state":
+        tables = [visualize.state_table(sets[-1, i], masks[-1, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+                  for i in range(count)]
+    if "image" not in batch:  # The state auto-encoder: objects seen from above.
+        rows = [visualize.state_progression(sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+                for i in range(count)]
+        tf.summary.image("progression/states", np.stack(rows), step=step, max_outputs=count)
+        tf.summary.text("progression/state_tables", "\n\n".join(tables), step=step)
+        return
+    images = batch["image"].numpy()
+    if set_key == "boxes":
+        rows = [visualize.boxes_progression(images[i], sets[:, i], masks[:, i], target[i], target_mask[i])
+                for i in range(count)]
+        tf.summary.image("progression/boxes", np.stack(rows), step=step, max_outputs=count)
+    else:
+        tf.summary.text("progression/states", "\n\n".join(tables), step=step)
+        tf.summary.image("progression/images", images[:count], step=step, max_outputs=count)
