@@ -29,19 +29,27 @@ iDSPN scores per image. Numbers from this module are comparable with the DSPN
 paper's state table only.
 """
 
+import importlib.util
+import os
+
 import numpy as np
 
-# State layout (SPEC section 7): 3d_coords / 3, then one-hot attribute groups.
-STATE_FEATURES = 18
-_COORDS = slice(0, 3)
-_ATTRIBUTE_GROUPS = (
-    slice(3, 5),  # material: rubber, metal
-    slice(5, 13),  # color: cyan, blue, yellow, purple, red, green, gray, brown
-    slice(13, 16),  # shape: sphere, cube, cylinder
-    slice(16, 18),  # size: large, small
-)
-# Coordinates are stored divided by 3; distances are measured in scene units.
-_COORD_SCALE = 3.0
+if __package__:
+    from dspn_tf.data import clevr_layout
+else:
+    # This file loaded on its own (it needs only NumPy; the package's __init__
+    # imports TensorFlow): read the layout from its sibling file the same way.
+    _spec = importlib.util.spec_from_file_location(
+        "clevr_layout", os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "clevr_layout.py"))
+    clevr_layout = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(clevr_layout)
+
+# The state layout (coordinates / 3, then one-hot attribute groups) is clevr_layout's.
+STATE_FEATURES = clevr_layout.STATE_DIM
+_COORDS = clevr_layout.COORDS
+_ATTRIBUTE_GROUPS = clevr_layout.ATTRIBUTE_SLICES
+# Distances are measured in scene units.
+_COORD_SCALE = clevr_layout.COORD_SCALE
 
 BOX_FEATURES = 4
 

@@ -7,6 +7,8 @@ decoder step followed by the target, like the paper's Figure 1.
 import numpy as np
 import scipy.optimize
 
+from dspn_tf.data.clevr_layout import COORD_SCALE, COORDS
+
 _PANEL_GAP = 2
 
 
@@ -99,8 +101,8 @@ def state_table(pred, pred_mask, target, target_mask, names):
     """
 
     def describe(row):
-        coords = ", ".join(f"{3.0 * v:.2f}" for v in row[:3])
-        words, start = [], 3
+        coords = ", ".join(f"{COORD_SCALE * v:.2f}" for v in row[COORDS])
+        words, start = [], COORDS.stop
         for _, values in names:
             words.append(values[int(np.argmax(row[start:start + len(values)]))])
             start += len(values)
@@ -111,7 +113,7 @@ def state_table(pred, pred_mask, target, target_mask, names):
     # Pair each true object with a predicted slot by the nearest-position
     # matching, so a row compares a prediction with the object it stands for.
     real = np.flatnonzero(np.asarray(target_mask) > 0.5)
-    cost = np.linalg.norm(pred[:, None, :3] - target[None, real, :3], axis=-1)
+    cost = np.linalg.norm(pred[:, None, COORDS] - target[None, real, COORDS], axis=-1)
     rows, cols = scipy.optimize.linear_sum_assignment(cost)
     partner = {int(r): int(real[c]) for r, c in zip(rows, cols)}
     for i in np.argsort(-np.asarray(pred_mask), kind="stable"):
@@ -131,7 +133,7 @@ _CLEVR_RADIUS = {"large": 0.7, "small": 0.35}  # CLEVR's object "radius" in scen
 
 def _attributes(row, names):
     """{group: value} of the argmax of each one-hot group of a state row."""
-    out, start = {}, 3
+    out, start = {}, COORDS.stop
     for group, values in names:
         out[group] = values[int(np.argmax(row[start:start + len(values)]))]
         start += len(values)
@@ -162,8 +164,8 @@ def _objects_panel(states, mask, names, size, extent):
         if mask[i] <= 0.0:
             continue
         attrs = _attributes(states[i], names)
-        cx = (3.0 * states[i][0] + extent) * scale
-        cy = (extent - 3.0 * states[i][1]) * scale
+        cx = (COORD_SCALE * states[i][0] + extent) * scale
+        cy = (extent - COORD_SCALE * states[i][1]) * scale
         r = _CLEVR_RADIUS.get(attrs.get("size"), 0.5) * scale
         dx, dy = xx - cx, yy - cy
         inside = _marker(attrs.get("shape"), dx, dy, r)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dspn_tf.data import clevr
+from dspn_tf.data import clevr, image_cache
 
 # directions.right = (cos, sin, 0) with cos = 0.6, sin = 0.8: round numbers.
 DIRECTIONS = {"right": [0.6, 0.8, 0.0], "behind": [-0.8, 0.6, 0.0]}
@@ -146,8 +146,8 @@ def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
     root = _make_folder(tmp_path)
     cache = tmp_path / "cache"
     writes = []
-    real_write = clevr._write_cache
-    monkeypatch.setattr(clevr, "_write_cache",
+    real_write = image_cache.write
+    monkeypatch.setattr(image_cache, "write",
                         lambda *a, **k: writes.append(a[0]) or real_write(*a, **k))
 
     _read(root, tmp_path, image_size=16)

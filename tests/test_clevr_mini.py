@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dspn_tf.data import clevr_mini
+from dspn_tf.data import clevr_mini, render
 
 NUM_TRAIN, NUM_VAL, SEED = 8, 3, 7
 
@@ -165,7 +165,7 @@ def test_occlusion_nearer_object_wins():
          "3d_coords": [1.5, -1.3, 0.35], "material": "rubber"},  # Towards the camera.
     ]}
     _, ids = clevr_mini.render_scene(scene)
-    both = [clevr_mini._renderer().camera.project(np.array([o["3d_coords"]]))[0]
+    both = [render.renderer().camera.project(np.array([o["3d_coords"]]))[0]
             for o in scene["objects"]]
     px, py = np.round(both[1][:2]).astype(int)
     assert ids[py, px] == 1
@@ -198,7 +198,7 @@ def test_bad_arguments(tmp_path):
 def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
     def boom(args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(clevr_mini, "_render_chunk", boom)
+    monkeypatch.setattr(render, "_render_chunk", boom)
     with pytest.raises(KeyboardInterrupt):
         clevr_mini.generate(str(tmp_path), num_train=2, num_val=0, seed=0, workers=1)
     assert os.listdir(tmp_path) == []

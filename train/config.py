@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from dspn_tf.data import clevr, clevr_mini, clevr_states, set_mnist
+from dspn_tf.data import clevr, clevr_states, image_cache, render, set_mnist
 from dspn_tf.models import build_model as build_model_from_args
 from dspn_tf.training import LossSettings, workers
 from train import flags as _flags  # noqa: F401  (defines every flag)
@@ -134,7 +134,7 @@ def task(config):
 
 def cache_dir(config):
     """--cache_dir, else $DSPN_TF_CACHE, else ~/.cache/dspn_tf (the data builders' root too)."""
-    return config.cache_dir or clevr.default_cache_root()
+    return config.cache_dir or image_cache.default_root()
 
 
 def build_split(config, split):
@@ -161,8 +161,8 @@ def build_split(config, split):
             seed=config.seed, cache_dir=os.path.join(cache_dir(config), "clevr_states"))
     source = config.data_source
     if source == "generated":
-        source = clevr_mini.ensure_generated(cache_dir(config), seed=config.seed, num_train=config.generated_train,
-                                             num_val=config.generated_val)
+        source = render.ensure_generated(cache_dir(config), seed=config.seed, num_train=config.generated_train,
+                                         num_val=config.generated_val)
     return clevr.build_dataset(
         source, "train" if split == "train" else "val",
         image_size=config.image_size,

@@ -12,39 +12,31 @@ from a `CLEVR_v1.0` folder (`scenes/CLEVR_{split}_scenes.json`,
 
 Decoding a 480x320 PNG costs far more than a training step's share of input
 work, so the images are decoded and resized once into a uint8 TFRecord cache
-(see `build_dataset`); labels are recomputed from the scene JSON on every run
-(cheap, and it keeps the cache to one kind of content).
+(`dspn_tf.data.image_cache`); labels are recomputed from the scene JSON on
+every run (cheap, and it keeps the cache to one kind of content). The state
+layout is `dspn_tf.data.clevr_layout`.
 
 The NumPy functions `object_state`, `object_box`, `scene_state` and
 `scene_boxes` implement the formulas and can be checked by hand.
 """
 
 import collections.abc
-import glob
-import hashlib
 import json
 import os
-import shutil
-import tempfile
-import time
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
+
+from dspn_tf.data import image_cache
+from dspn_tf.data.clevr_layout import (  # noqa: F401  (re-exported: the layout is part of this module's API)
+    ATTRIBUTES, COLORS, COORD_SCALE, COORDS, MATERIALS, SHAPES, SIZES, STATE_DIM)
 
 MAX_OBJECTS = 10
 IMAGE_SIZE = 128
 # CLEVR renders 480x320; boxes are divided by these even for other sizes.
 WIDTH, HEIGHT = 480, 320
 
-# One-hot orders of the reference implementation (SPEC section 7).
-MATERIALS = ("rubber", "metal")
-COLORS = ("cyan", "blue", "yellow", "purple", "red", "green", "gray", "brown")
-SHAPES = ("sphere", "cube", "cylinder")
-SIZES = ("large", "small")
-ATTRIBUTES = (("material", MATERIALS), ("color", COLORS), ("shape", SHAPES),
-              ("size", SIZES))
-STATE_DIM = 3 + sum(len(v) for _, v in ATTRIBUTES)  # 18
 BOX_DIM = 4
 
 # The camera's `directions.right` in CLEVR v1.0. The renderer jitters the
@@ -55,8 +47,6 @@ BOX_DIM = 4
 # (7.48113, -6.50764) looking at the origin, to 1e-6.
 NOMINAL_RIGHT = (0.6563112735748291, 0.7544902563095093, 0.0)
 
-_CACHE_VERSION = 1  # Bump when the cache layout or the image pipeline changes.
-_SHARD_SIZE = 1024
 
 
 # --------------------------------------------------------------------------
@@ -96,7 +86,7 @@ def object_state(obj):
     Raises:
       ValueError: a missing field or an unknown attribute value (named).
     """
-    parts = [_coords(obj, "3d_coords", 3)[:3] / 3.0]
+    parts = [_coords(obj, "3d_coords", 3)[:3] / COORD_SCALE]
     for name, vocabulary in ATTRIBUTES:
         value = _field(obj, name)
         if value not in vocabulary:
@@ -315,150 +305,12 @@ def _decode_file(path, image_size):
     return resize_image(image, image_size)
 
 
-def default_cache_root():
-    """$DSPN_TF_CACHE, else ~/.cache/dspn_tf: the root of every dspn_tf data cache."""
-    return os.environ.get("DSPN_TF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dspn_tf")
-
-
-def default_cache_dir():
-    """The image cache under `default_cache_root()` (data folders are often read-only)."""
-    return os.path.join(default_cache_root(), "clevr")
-
-
-def _hash(*parts):
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(repr(part).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _folder_cache_key(scene_file, image_paths, image_size, skip_oversized):
-    """Changes when the scene file, any image file or the image size changes."""
-    st = os.stat(scene_file)
-    stats = []
-    for path in image_paths:
-        try:
-            s = os.stat(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"CLEVR image {path} does not exist.") from None
-        stats.append((os.path.basename(path), s.st_size, s.st_mtime_ns))
-    return _hash(_CACHE_VERSION, st.st_size, st.st_mtime_ns, image_size,
-                 skip_oversized, stats)
-
-
-def _read_cache(entry, image_size):
-    """The cached images, in order, or None when `entry` is not a finished cache."""
-    try:
-        with open(os.path.join(entry, "meta.json")) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if meta.get("version") != _CACHE_VERSION or meta.get("image_size") != image_size:
-        return None
-    shards = [os.path.join(entry, s) for s in meta["shards"]]
-    if not all(os.path.isfile(s) for s in shards):
-        return None
-    # One file at a time keeps the scene order (parallel reads would interleave
-    # shards); fixed-size raw records make this read cheap anyway.
-    ds = tf.data.TFRecordDataset(shards, buffer_size=8 << 20)
-
-    def parse(record):
-        image = tf.io.decode_raw(record, tf.uint8)
-        return tf.reshape(image, [image_size, image_size, 3])
-
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE), meta
-
-
-def _write_cache(entry, images, names, image_size, extra_meta):
-    """Writes `images` (a dataset of uint8 [S, S, 3]) to `entry` atomically.
-
-    The shards go to a temporary sibling directory that is renamed into place
-    only once complete, so a killed run never leaves a cache that looks valid.
-    `names[k]` names example k in decode errors.
-    """
-    root = os.path.dirname(entry)
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(entry) + ".tmp-", dir=root)
-    try:
-        shards, count, writer = [], 0, None
-        iterator = iter(images.prefetch(tf.data.AUTOTUNE))
-        start = time.time()
-        while True:
-            try:
-                image = next(iterator)
-            except StopIteration:
-                break
-            except tf.errors.OpError as e:
-                # The map is deterministic, so the failing example is the next one.
-                culprit = names[count] if count < len(names) else f"example {count}"
-                raise ValueError(f"Cannot read or decode CLEVR image {culprit}: "
-                                 f"{e.message}") from None
-            if count % _SHARD_SIZE == 0:
-                if writer:
-                    writer.close()
-                shards.append(f"images-{len(shards):05d}.tfrecord")
-                writer = tf.io.TFRecordWriter(os.path.join(tmp, shards[-1]))
-            writer.write(image.numpy().tobytes())
-            count += 1
-        if writer:
-            writer.close()
-        meta = {"version": _CACHE_VERSION, "image_size": image_size,
-                "count": count, "shards": shards, **extra_meta}
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f)
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            # Another process finished the same cache first; theirs is as good.
-            if _read_cache(entry, image_size) is None:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        logging.info("Cached %d CLEVR images at %dpx in %s (%.1fs).", count,
-                     image_size, entry, time.time() - start)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _prune_stale(entry, prefix):
-    """Deletes caches of the same source and size made from an older version of it."""
-    root = os.path.dirname(entry)
-    for other in glob.glob(os.path.join(root, glob.escape(prefix) + "*")):
-        if other == entry:
-            continue
-        if ".tmp-" in other and time.time() - os.path.getmtime(other) < 24 * 3600:
-            continue  # Possibly another process still writing.
-        shutil.rmtree(other, ignore_errors=True)
-
-
-def _cached_images(make_images, names, *, cache_dir, prefix, key, image_size,
-                   expected_count, extra_meta=None):
-    entry = os.path.join(cache_dir, f"{prefix}{key[:20]}")
-    found = _read_cache(entry, image_size)
-    if found is None:
-        _write_cache(entry, make_images(), names, image_size, extra_meta or {})
-        _prune_stale(entry, prefix)
-        found = _read_cache(entry, image_size)
-        if found is None:
-            raise RuntimeError(f"CLEVR image cache {entry} unreadable right after writing.")
-    images, meta = found
-    if expected_count is not None and meta["count"] != expected_count:
-        raise ValueError(
-            f"CLEVR image cache {entry} holds {meta['count']} images, the labels "
-            f"{expected_count}; delete it to rebuild.")
-    return images, meta
-
-
 # --------------------------------------------------------------------------
 # Datasets.
 
 
-def _finish(images, labels, shuffle, seed):
+def _finish(images, labels):
     ds = tf.data.Dataset.zip((images, labels))
-    if shuffle:
-        # Shuffle while images are still uint8 (4x smaller than float32).
-        ds = ds.shuffle(1000, seed=seed, reshuffle_each_iteration=True)
 
     def to_example(image, label):
         return {"image": tf.cast(image, tf.float32) / 255.0, **label}
@@ -487,25 +339,19 @@ def _folder_dataset(source, split, *, image_size, use_cache, cache_dir,
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"CLEVR image {path} does not exist.")
         return make_images(), labels
-    key = _folder_cache_key(scenes["scene_file"], paths, image_size, skip_oversized)
-    source_id = _hash(os.path.abspath(scenes["scene_file"]))[:10]
+    key = image_cache.folder_key(scenes["scene_file"], paths, image_size, skip_oversized)
+    source_id = image_cache.key_of(os.path.abspath(scenes["scene_file"]))[:10]
     prefix = f"{_split_name(split)}-{image_size}px-{source_id}-"
-    images, _ = _cached_images(
+    images, _ = image_cache.cached_images(
         make_images, paths, cache_dir=cache_dir, prefix=prefix, key=key,
         image_size=image_size, expected_count=len(paths),
         extra_meta={"scene_file": os.path.abspath(scenes["scene_file"])})
     return images, labels
 
 
-def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
-                  max_objects, skip_oversized, with_boxes,
-                  tfds_name):
-    import tensorflow_datasets as tfds  # Deferred: slow to import, optional path.
-
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
-    split = {"val": "validation"}.get(split, split)
+def _tfds_remaps(builder):
+    """For each attribute, TFDS's value index -> our one-hot index (TFDS numbers values in its own order)."""
     object_features = builder.info.features["objects"]
-    # TFDS numbers the attribute values in its own order; map them to SPEC's.
     remaps = []
     for name, vocabulary in ATTRIBUTES:
         names = object_features[name].names
@@ -513,30 +359,34 @@ def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
         if unknown:
             raise ValueError(f"TFDS clevr has unknown {name} values {unknown}.")
         remaps.append(np.array([vocabulary.index(v) for v in names], np.int64))
+    return remaps
+
+
+def _tfds_labels(split, remaps, *, max_objects, with_boxes):
+    """The map from a TFDS example to its `state`, `mask` (and `boxes`) labels."""
+
+    def compute(file_name, coords, pixels, material, color, shape, size):
+        where = f"TFDS clevr {split} scene {file_name.decode()}"
+        n = coords.shape[0]
+        if n > max_objects:
+            raise ValueError(f"{where} has {n} objects, more than max_objects="
+                             f"{max_objects} (pass skip_oversized=True)")
+        state = np.zeros([max_objects, STATE_DIM], np.float32)
+        boxes = np.zeros([max_objects, BOX_DIM], np.float32)
+        mask = np.zeros([max_objects], np.float32)
+        for i in range(n):
+            obj = {"3d_coords": coords[i], "pixel_coords": pixels[i]}
+            for (name, vocabulary), remap, value in zip(
+                    ATTRIBUTES, remaps, (material, color, shape, size)):
+                obj[name] = vocabulary[remap[value[i]]]
+            state[i] = object_state(obj)
+            if with_boxes:
+                boxes[i] = object_box(obj, NOMINAL_RIGHT)
+            mask[i] = 1.0
+        return state, boxes, mask
 
     def labels_of(example):
         objects = example["objects"]
-
-        def compute(file_name, coords, pixels, material, color, shape, size):
-            where = f"TFDS clevr {split} scene {file_name.decode()}"
-            n = coords.shape[0]
-            if n > max_objects:
-                raise ValueError(f"{where} has {n} objects, more than max_objects="
-                                 f"{max_objects} (pass skip_oversized=True)")
-            state = np.zeros([max_objects, STATE_DIM], np.float32)
-            boxes = np.zeros([max_objects, BOX_DIM], np.float32)
-            mask = np.zeros([max_objects], np.float32)
-            for i in range(n):
-                obj = {"3d_coords": coords[i], "pixel_coords": pixels[i]}
-                for (name, vocabulary), remap, value in zip(
-                        ATTRIBUTES, remaps, (material, color, shape, size)):
-                    obj[name] = vocabulary[remap[value[i]]]
-                state[i] = object_state(obj)
-                if with_boxes:
-                    boxes[i] = object_box(obj, NOMINAL_RIGHT)
-                mask[i] = 1.0
-            return state, boxes, mask
-
         state, boxes, mask = tf.numpy_function(
             compute, [example["file_name"], objects["3d_coords"],
                       objects["pixel_coords"], objects["material"],
@@ -549,6 +399,18 @@ def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
         if with_boxes:
             out["boxes"] = boxes
         return out
+
+    return labels_of
+
+
+def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
+                  max_objects, skip_oversized, with_boxes,
+                  tfds_name):
+    import tensorflow_datasets as tfds  # Deferred: slow to import, optional path.
+
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    split = {"val": "validation"}.get(split, split)
+    labels_of = _tfds_labels(split, _tfds_remaps(builder), max_objects=max_objects, with_boxes=with_boxes)
 
     def small_enough(example):
         return tf.shape(example["objects"]["shape"])[0] <= max_objects
@@ -571,13 +433,19 @@ def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
         return make_images(), labels
     info = builder.info
     num_examples = info.splits[split].num_examples if split in info.splits else None
-    key = _hash(_CACHE_VERSION, info.full_name, split,
-                os.path.abspath(builder.data_dir), num_examples, image_size,
-                skip_oversized, max_objects)
-    prefix = f"tfds-{split}-{image_size}px-{_hash(info.full_name, builder.data_dir)[:10]}-"
-    images, _ = _cached_images(make_images, [], cache_dir=cache_dir, prefix=prefix,
-                               key=key, image_size=image_size, expected_count=None)
+    key = image_cache.key_of(image_cache.CACHE_VERSION, info.full_name, split,
+                             os.path.abspath(builder.data_dir), num_examples, image_size,
+                             skip_oversized, max_objects)
+    prefix = f"tfds-{split}-{image_size}px-{image_cache.key_of(info.full_name, builder.data_dir)[:10]}-"
+    images, _ = image_cache.cached_images(make_images, [], cache_dir=cache_dir, prefix=prefix,
+                                          key=key, image_size=image_size, expected_count=None)
     return images, labels
+
+
+_APPROXIMATE_BOXES = (
+    "TFDS clevr records no camera `directions`, which the box formula needs, so its boxes can only be "
+    "approximate. Pass allow_approximate_boxes=True to compute them with CLEVR's nominal camera "
+    "(NOMINAL_RIGHT), or with_boxes=False for state only.")
 
 
 def build_dataset(source,
@@ -591,17 +459,15 @@ def build_dataset(source,
                   with_boxes=True,
                   data_dir=None,
                   tfds_name="clevr",
-                  max_objects=MAX_OBJECTS,
-                  shuffle=False,
-                  seed=None):
-    """The CLEVR `tf.data.Dataset` (unbatched), in scene-file order unless shuffled.
+                  max_objects=MAX_OBJECTS):
+    """The CLEVR `tf.data.Dataset` (unbatched), in scene-file order (shuffle it as you like).
 
     Args:
       source: a `CLEVR_v1.0` folder, or "tfds" for TFDS `clevr` 3.x.
       split: "train", "val" (or "validation"); "test" has no scenes.
       image_size: side S of the square images (128 in the paper).
       cache_dir: where the decoded, resized uint8 images are cached; default
-        `default_cache_dir()`. A cache entry is keyed on the scene file's size
+        `image_cache.default_dir()`. A cache entry is keyed on the scene file's size
         and mtime, every image's name, size and mtime, and `image_size`, so a
         changed source or size builds a new entry (and prunes the stale one).
       use_cache: False decodes the PNGs on every pass instead.
@@ -612,14 +478,11 @@ def build_dataset(source,
         camera's right vector in CLEVR v1.0 scenes (identical in every scene
         we checked, but not guaranteed). False (default) with `with_boxes`
         raises ValueError.
-      with_boxes: include "boxes". From TFDS, pass False for the state task
-        alone, or allow_approximate_boxes=True.
+      with_boxes: include "boxes" (from TFDS: False, or allow_approximate_boxes=True).
       data_dir: TFDS data directory.
       tfds_name: TFDS name, with a version if wanted ("clevr:3.0.0" skips the
         question/answer text of 3.1.0).
       max_objects: padded set size.
-      shuffle: shuffle examples (buffer of 1000) on every pass.
-      seed: shuffle seed.
 
     Returns:
       Dataset of {"image": float32 [S, S, 3] in [0, 1], "state": float32
@@ -627,15 +490,11 @@ def build_dataset(source,
       [max_objects]}.
     """
     if image_size < 1:
-        raise ValueError(f"image_size must be positive, got {image_size}.")
-    cache_dir = cache_dir or default_cache_dir()
+        raise ValueError(f"image_size must be positive, received {image_size}.")
+    cache_dir = cache_dir or image_cache.default_dir()
     if source == "tfds":
         if with_boxes and not allow_approximate_boxes:
-            raise ValueError(
-                "TFDS clevr records no camera `directions`, which the box formula "
-                "needs, so its boxes can only be approximate. Pass "
-                "allow_approximate_boxes=True to compute them with CLEVR's nominal "
-                "camera (NOMINAL_RIGHT), or with_boxes=False for state only.")
+            raise ValueError(_APPROXIMATE_BOXES)
         images, labels = _tfds_dataset(
             split, image_size=image_size, use_cache=use_cache, cache_dir=cache_dir,
             data_dir=data_dir, max_objects=max_objects,
@@ -648,4 +507,4 @@ def build_dataset(source,
             skip_oversized=skip_oversized)
     if not with_boxes:
         labels = labels.map(lambda d: {k: v for k, v in d.items() if k != "boxes"})
-    return _finish(images, labels, shuffle, seed)
+    return _finish(images, labels)

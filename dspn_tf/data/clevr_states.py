@@ -9,7 +9,7 @@ rendered or decoded. Each example is
 with the state features of `clevr.object_state` (SPEC section 7 order:
 coords / 3, material, colour, shape, size), zero-padded in scene order.
 
-`source` is "generated" (scenes of `clevr_mini`, the same ones its renderer
+`source` is "generated" (scenes of `dspn_tf.data.render`, the same ones it
 draws, made without rendering: about 1 ms of CPU each) or a `CLEVR_v1.0`
 folder (the states of its scene JSON; images are not read).
 """
@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from dspn_tf.data import clevr, clevr_mini
+from dspn_tf.data import clevr, render
 
 # Bump when generated scenes or the state features change, so stale caches are not read.
 _CACHE_VERSION = 1
@@ -65,7 +65,7 @@ def generated_states(split, *, num_scenes, seed=0, cache_dir=None, workers=None)
     if path and os.path.isfile(path):
         with np.load(path) as data:
             return data["state"], data["mask"]
-    scenes = clevr_mini.generate_scenes(num_scenes, split=split, seed=seed, workers=workers)
+    scenes = render.generate_scenes(num_scenes, split=split, seed=seed, workers=workers)
     states, masks = scene_states(scenes)
     if path:
         os.makedirs(cache_dir, exist_ok=True)

@@ -104,15 +104,6 @@ def load_idx_split(source, split, *, include_label=False):
     return images, labels
 
 
-def image_to_set(image, *, threshold=THRESHOLD):
-    """NumPy reference: the unshuffled, unpadded set of one [28, 28] image.
-
-    Elements come in row-major order; shape [n, 2] float32.
-    """
-    rows, cols = np.nonzero(np.asarray(image) >= threshold)
-    return np.stack([rows, cols], axis=-1).astype(np.float32) / (IMAGE_SIZE - 1)
-
-
 def _check_set_sizes(images, max_set_size, threshold, where):
     sizes = (images >= threshold).sum(axis=(1, 2))
     too_big = np.flatnonzero(sizes > max_set_size)
@@ -142,7 +133,6 @@ def build_dataset(source,
                   split,
                   *,
                   shuffle_elements=True,
-                  shuffle_examples=False,
                   seed=None,
                   data_dir=None,
                   max_set_size=MAX_SET_SIZE,
@@ -158,7 +148,6 @@ def build_dataset(source,
       shuffle_elements: shuffle each set's elements, with a new order on every
         pass over the dataset (deterministic given `seed`). The reference
         shuffles; off gives row-major order, handy for debugging.
-      shuffle_examples: also shuffle the order of the images on every pass.
       seed: int or None (None: nondeterministic).
       data_dir: TFDS data directory, for source="tfds".
       max_set_size: padded size. An image with more kept pixels is an error that
@@ -172,28 +161,38 @@ def build_dataset(source,
       [max_set_size]} (+ "label": int64 []).
     """
     if max_set_size < 1:
-        raise ValueError(f"max_set_size must be positive, got {max_set_size}.")
-    if source == "tfds":
-        ds = _load_tfds(split, data_dir, include_label)
-    else:
-        if not os.path.isdir(source):
-            raise FileNotFoundError(f"MNIST folder {source} does not exist.")
-        images, labels = load_idx_split(source, split, include_label=include_label)
-        # Checked here, vectorised, so the error names the image before any
-        # training starts; the in-graph assert below covers the TFDS path.
-        _check_set_sizes(images, max_set_size, threshold, f"MNIST {split} in {source}")
-        tensors = {"image": images}
-        if include_label:
-            tensors["label"] = labels.astype(np.int64)
-        ds = tf.data.Dataset.from_tensor_slices(tensors)
-
-    if shuffle_examples:
-        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        raise ValueError(f"max_set_size must be positive, received {max_set_size}.")
+    ds = _images(source, split, data_dir=data_dir, include_label=include_label, max_set_size=max_set_size,
+                 threshold=threshold)
     # One random seed per example, rerandomised on every iteration of the
     # dataset: the elements get a fresh order each epoch, yet the whole stream
     # is reproducible from `seed` (a stateless shuffle inside a parallel map).
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds.enumerate(), seeds.batch(2)))
+    to_set = _to_set(split, shuffle_elements=shuffle_elements, max_set_size=max_set_size, threshold=threshold,
+                     include_label=include_label)
+    ds = ds.map(to_set, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _images(source, split, *, data_dir, include_label, max_set_size, threshold):
+    """A dataset of `{"image": uint8 [28, 28]}` (+ "label") from IDX files or TFDS."""
+    if source == "tfds":
+        return _load_tfds(split, data_dir, include_label)
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"MNIST folder {source} does not exist.")
+    images, labels = load_idx_split(source, split, include_label=include_label)
+    # Checked here, vectorised, so the error names the image before any
+    # training starts; the in-graph assert of `_to_set` covers the TFDS path.
+    _check_set_sizes(images, max_set_size, threshold, f"MNIST {split} in {source}")
+    tensors = {"image": images}
+    if include_label:
+        tensors["label"] = labels.astype(np.int64)
+    return tf.data.Dataset.from_tensor_slices(tensors)
+
+
+def _to_set(split, *, shuffle_elements, max_set_size, threshold, include_label):
+    """The map from `((index, example), seed)` to the padded set of the image's bright pixels."""
 
     def to_set(indexed, example_seed):
         index, example = indexed
@@ -217,5 +216,4 @@ def build_dataset(source,
             out["label"] = example["label"]
         return out
 
-    ds = ds.map(to_set, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return to_set
