@@ -1,12 +1,12 @@
 r"""A/B step times of two git revisions, interleaved so that machine drift hits both.
 
-    python benchmarks/compare_revisions.py --base=0e1cb38                  # base vs this working tree
-    python benchmarks/compare_revisions.py --base=HEAD~3 --head=HEAD --config=set_mnist --rounds=5
+    python -m benchmarks.compare_revisions --base=0e1cb38                  # base vs this working tree
+    python -m benchmarks.compare_revisions --base=HEAD~3 --head=HEAD --config=set_mnist --rounds=5
 
 Wall time on a shared or virtual machine drifts by ±10 % between runs
 minutes apart, more than most single changes are worth. This script checks
 each revision out into a temporary git worktree (the working tree itself
-for `--head=.`), then runs `train_step.py` for base and head alternately,
+for `--head=.`), then runs `benchmarks.train_step` for base and head alternately,
 `--rounds` times per config, each run in a fresh process on that revision's
 own `dspn_tf` (PYTHONPATH). It reports every round and the median over
 rounds of the per-run medians, wall and CPU, and the head/base ratio.
@@ -20,10 +20,9 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from benchmarks import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = harness.REPO
 
 
 def checkout(rev, parent):
@@ -38,10 +37,13 @@ def checkout(rev, parent):
 def run_step(tree, config, decoder, warmup, repeats, extra):
     """One train_step.py child on `tree`'s code; returns its JSON row."""
     env = dict(os.environ, PYTHONPATH=tree)
-    script = os.path.join(tree, "benchmarks", "train_step.py")
+    if os.path.isfile(os.path.join(tree, "benchmarks", "__init__.py")):
+        command = ["-m", "benchmarks.train_step"]
+    else:  # A revision from before benchmarks/ became a package.
+        command = [os.path.join(tree, "benchmarks", "train_step.py")]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "row.json")
-        subprocess.run([sys.executable, script, f"--config={config}", f"--decoder={decoder}",
+        subprocess.run([sys.executable, *command, f"--config={config}", f"--decoder={decoder}",
                         f"--warmup={warmup}", f"--repeats={repeats}", f"--output={out}", *extra],
                        check=True, cwd=tree, env=env, stdout=subprocess.DEVNULL)
         with open(out) as f:
@@ -77,7 +79,7 @@ def main():
                     for side in order:
                         row = run_step(trees[side], config, args.decoder, args.warmup, args.repeats, extra)
                         runs[side].append(row)
-                        print(common.step_line(f"round {round_index + 1} {side:4s} {config:14s}", row), flush=True)
+                        print(harness.step_line(f"round {round_index + 1} {side:4s} {config:14s}", row), flush=True)
                 summary = {"config": config, "decoder": args.decoder}
                 for side in ("base", "head"):
                     summary[f"{side}_s"] = statistics.median(r["median_s"] for r in runs[side])
@@ -90,9 +92,9 @@ def main():
             for side, tree in trees.items():
                 if tree != REPO:
                     subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], check=False)
-    common.write_json(args.output, {"benchmark": "compare_revisions", "base": args.base, "head": args.head,
+    harness.write_json(args.output, {"benchmark": "compare_revisions", "base": args.base, "head": args.head,
                                     "rounds": args.rounds, "policy": args.mixed_precision, "rows": rows})
-    print(common.table(rows, [
+    print(harness.table(rows, [
         ("config", "config", None), ("decoder", "decoder", None),
         ("base_s", f"{args.base} s/step", "{:.3f}"), ("head_s", f"{args.head} s/step", "{:.3f}"),
         ("wall_ratio", "head / base (wall)", "{:.3f}"),

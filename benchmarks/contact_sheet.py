@@ -1,6 +1,6 @@
 """Contact sheet of generated CLEVR-format scenes with their SPEC boxes drawn.
 
-    python benchmarks/contact_sheet.py --out /tmp/contact_sheet.png [--real CLEVR_v1.0]
+    python -m benchmarks.contact_sheet --out /tmp/contact_sheet.png [--real CLEVR_v1.0]
 
 Renders 16 scenes with `dspn_tf.data.clevr_mini` and draws the SPEC section 7
 box of every object (red), so a person can check that scenes look like CLEVR

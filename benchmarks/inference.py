@@ -1,7 +1,7 @@
 r"""DSPN inference: latency at batch 1 and throughput at batch 64 at 10, 20, 30 steps.
 
-    python benchmarks/inference.py                        # both configs, in-process tf.function
-    python benchmarks/inference.py --config=set_mnist --savedmodel
+    python -m benchmarks.inference                        # both configs, in-process tf.function
+    python -m benchmarks.inference --config=set_mnist --savedmodel
 
 The in-process model runs the graph `while_loop` decoder (an int32 `iters`
 tensor, as in serving) inside one `tf.function`. With `--savedmodel` the
@@ -11,13 +11,9 @@ depend on them).
 """
 
 import argparse
-import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import train_step  # noqa: E402
+from benchmarks import harness, train_step
 
 
 def main():
@@ -66,15 +62,15 @@ def main():
             for iters in (int(i) for i in args.iters.split(",")):
                 for runner_name, runner in runners.items():
                     fn = lambda: tf.nest.map_structure(lambda t: t.numpy(), runner(inputs, iters))  # noqa: E731
-                    timing = common.time_calls(fn, warmup=2, repeats=args.repeats)
+                    timing = harness.time_calls(fn, warmup=2, repeats=args.repeats)
                     row = {"config": config, "runner": runner_name, "batch_size": batch_size, "iters": iters,
                            **timing, "latency_ms": 1e3 * timing["median_s"],
                            "examples_per_s": batch_size / timing["median_s"]}
                     rows.append(row)
                     print(f"{config} {runner_name} batch {batch_size} iters {iters}: {row['latency_ms']:.1f} ms "
                           f"({row['examples_per_s']:.1f} ex/s, load {timing['load_before']})", flush=True)
-    common.write_json(args.output, {"benchmark": "inference", "machine": common.machine(), "rows": rows})
-    print(common.table(rows, [
+    harness.write_json(args.output, {"benchmark": "inference", "machine": harness.machine(), "rows": rows})
+    print(harness.table(rows, [
         ("config", "config", None), ("runner", "runner", None), ("batch_size", "batch", None),
         ("iters", "steps", None), ("latency_ms", "median ms/call", "{:.1f}"),
         ("examples_per_s", "examples/s", "{:.1f}"), ("load_before", "load (1/5/15 min)", None)]))

@@ -1,31 +1,27 @@
 r"""Input pipeline throughput (examples/s) of the library's dataset builders.
 
     python -m dspn_tf.data.clevr_mini --out /tmp/clevr_bench --train 500 --val 10
-    python benchmarks/input_pipeline.py --mnist=/work/shared/data/mnist --clevr=/tmp/clevr_bench/CLEVR_v1.0
+    python -m benchmarks.input_pipeline --mnist=/work/shared/data/mnist --clevr=/tmp/clevr_bench/CLEVR_v1.0
 
-Measures batches of 32 exactly as `train/train.py` builds them (shuffle
-buffer, repeat, batch, prefetch) for set-MNIST from the IDX files and for
+Measures batches of 32 exactly as training builds them (`dspn_tf.data.batches`:
+shuffle buffer, repeat, batch, prefetch) for set-MNIST from the IDX files and for
 CLEVR-format images from the decoded uint8 cache (built once, untimed).
 The first pass (reading IDX / building the cache) is excluded.
 """
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from benchmarks import harness
 
 
 def throughput(dataset, batch_size, batches, warmup_batches=5):
-    import tensorflow as tf
+    from dspn_tf.data import batches
 
-    ds = dataset.shuffle(1024, seed=0).repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    it = iter(ds)
+    it = iter(batches(dataset, batch_size, shuffle_buffer=1024, seed=0))
     for _ in range(warmup_batches):
         next(it)
-    load = common.load_average()
+    load = harness.load_average()
     start = time.perf_counter()
     for _ in range(batches):
         batch = next(it)
@@ -60,8 +56,8 @@ def main():
             rows.append({"dataset": f"clevr 128x128 state+boxes (cached uint8, {split})",
                          **throughput(ds, args.batch_size, args.batches)})
             print(rows[-1], flush=True)
-    common.write_json(args.output, {"benchmark": "input_pipeline", "machine": common.machine(), "rows": rows})
-    print(common.table(rows, [("dataset", "dataset", None), ("examples_per_s", "examples/s", "{:.0f}"),
+    harness.write_json(args.output, {"benchmark": "input_pipeline", "machine": harness.machine(), "rows": rows})
+    print(harness.table(rows, [("dataset", "dataset", None), ("examples_per_s", "examples/s", "{:.0f}"),
                               ("batches", "batches of 32", None), ("load_before", "load (1/5/15 min)", None)]))
     print(f"Written to {args.output}")
 

@@ -1,6 +1,6 @@
 r"""How far a mixed-precision training step is from float32, at the paper's configs.
 
-    python benchmarks/mixed_precision_error.py [--config=set_mnist|clevr_decoder]
+    python -m benchmarks.mixed_precision_error [--config=set_mnist|clevr_decoder]
 
 Builds the config (as train_step.py does) under float32 and under each mixed
 policy with the *same* weights, runs one forward and backward pass on the
@@ -13,12 +13,8 @@ CLEVR, the image embedding and the representation loss).
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import train_step  # noqa: E402
+from benchmarks import harness, train_step
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -70,8 +66,8 @@ def main():
     args = parser.parse_args()
     configs = ("set_mnist", "clevr_decoder") if args.config == "all" else (args.config,)
     rows = [row for config in configs for row in measure(config)]
-    common.write_json(args.output, {"benchmark": "mixed_precision_error", "machine": common.machine(), "rows": rows})
-    print(common.table(rows, [
+    harness.write_json(args.output, {"benchmark": "mixed_precision_error", "machine": harness.machine(), "rows": rows})
+    print(harness.table(rows, [
         ("config", "config", None), ("policy", "policy", None), ("loss_rel_error", "loss rel. error", "{:.2e}"),
         ("inner_grad_norm_rel_error", "inner grad norm max rel. error", "{:.2e}"),
         ("outer_grad_rel_error", "outer gradient rel. error", "{:.2e}"),

@@ -1,7 +1,7 @@
 r"""Times the pieces of a training step separately, to see what dominates.
 
-    python benchmarks/profile_pieces.py --config=set_mnist
-    python benchmarks/profile_pieces.py --config=clevr_decoder
+    python -m benchmarks.profile_pieces --config=set_mnist
+    python -m benchmarks.profile_pieces --config=clevr_decoder
 
 Each piece is its own `tf.function`: forward-only and forward + gradient of
 the set loss, the encoder alone, one DSPN inner step with its second-order
@@ -11,12 +11,8 @@ reported (CPU time is steadier when other jobs share the cores).
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import train_step  # noqa: E402
+from benchmarks import harness, train_step
 
 
 def main():
@@ -92,7 +88,7 @@ def main():
     rows = []
     for name in wanted:
         fn = pieces[name]
-        timing = common.time_calls(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn()), warmup=1,
+        timing = harness.time_calls(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn()), warmup=1,
                                    repeats=args.repeats)
         rows.append({"piece": name, **timing})
         print(f"{name:28s} wall {timing['median_s']:.4f} s  cpu {timing['median_cpu_s']:.4f} s  "

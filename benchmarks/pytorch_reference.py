@@ -1,9 +1,9 @@
 r"""PyTorch timing baseline: one DSPN training step, structured like the reference.
 
     pip install torch==2.13.0            # CPU build; torch is not a dependency of dspn_tf
-    python benchmarks/pytorch_reference.py                      # both configs, table + JSON
-    python benchmarks/pytorch_reference.py --config=set_mnist --repeats=10 --threads=2
-    python benchmarks/pytorch_reference.py --check              # quick correctness checks, no timing
+    python -m benchmarks.pytorch_reference                      # both configs, table + JSON
+    python -m benchmarks.pytorch_reference --config=set_mnist --repeats=10 --threads=2
+    python -m benchmarks.pytorch_reference --check              # quick correctness checks, no timing
 
 What it measures: wall and process-CPU seconds per training step (forward,
 10-step inner loop, outer loss, backward through the inner loop, Adam update)
@@ -27,7 +27,7 @@ is not used by the library or its tests.
 Batches are random (same generator, seed and shapes as train_step.py's
 `random_batch`), built once and not timed. Like train_step.py, each config
 runs in a fresh subprocess so that its peak RSS is its own; timing follows
-common.time_calls (1 untimed first step, --warmup untimed, --repeats timed).
+harness.time_calls (1 untimed first step, --warmup untimed, --repeats timed).
 """
 
 import argparse
@@ -36,8 +36,7 @@ import os
 import platform
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from benchmarks import harness
 
 CONFIGS = ("set_mnist", "clevr_decoder")
 BATCH = 32
@@ -383,7 +382,7 @@ def check(torch):
 
 def machine(torch):
     return {
-        "cpu": common.cpu_model(),
+        "cpu": harness.cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -398,7 +397,7 @@ def measure(args, torch):
         torch.set_num_threads(args.threads)
     step = Step(torch, args.config, batch_size=BATCH)
     first_loss = step()  # untimed first step (allocator warm-up)
-    timing = common.time_calls(step, warmup=args.warmup, repeats=args.repeats)
+    timing = harness.time_calls(step, warmup=args.warmup, repeats=args.repeats)
     return {
         "config": args.config,
         "decoder": "dspn",
@@ -406,7 +405,7 @@ def measure(args, torch):
         "batch_size": BATCH,
         **timing,
         "examples_per_s": BATCH / timing["median_s"],
-        "peak_rss_mib": common.peak_rss_mib(),
+        "peak_rss_mib": harness.peak_rss_mib(),
         "first_loss": first_loss,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -435,14 +434,14 @@ def main():
     configs = CONFIGS if args.config == "all" else (args.config,)
     rows = []
     for config in configs:
-        row = common.run_child([os.path.abspath(__file__), "--child", f"--config={config}",
+        row = harness.run_child("benchmarks.pytorch_reference", ["--child", f"--config={config}",
                                 f"--warmup={args.warmup}", f"--repeats={args.repeats}", f"--threads={args.threads}"])
-        print(common.step_line(f"{config:14s}", row), flush=True)
+        print(harness.step_line(f"{config:14s}", row), flush=True)
         rows.append(row)
-    common.write_json(args.output, {"benchmark": "pytorch_reference", "machine": rows[0]["machine"], "rows": rows})
-    print(common.table(rows, [
+    harness.write_json(args.output, {"benchmark": "pytorch_reference", "machine": rows[0]["machine"], "rows": rows})
+    print(harness.table(rows, [
         ("config", "config", None), ("decoder", "decoder", None), ("torch", "torch", None),
-        ("threads", "threads", None), *common.STEP_COLUMNS,
+        ("threads", "threads", None), *harness.STEP_COLUMNS,
     ]))
     print(f"Written to {args.output}")
 

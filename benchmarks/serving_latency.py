@@ -1,6 +1,6 @@
 """Latency (batch 1) and throughput (batch 64) of exported DSPN models in a clean process.
 
-    python benchmarks/serving_latency.py [--out /tmp/serving_latency] [--iters 10,20,30]
+    python -m benchmarks.serving_latency [--out /tmp/serving_latency] [--iters 10,20,30]
 
 Exports two untrained models with `dspn_tf.export.export_model` (timing does
 not depend on the weights): the CLEVR-state-sized DSPN decoder (RNFSEncoder
@@ -56,9 +56,9 @@ def export_models(out):
     from dspn_tf.models import ImageToSet
 
     clevr = ImageToSet(ConvEncoder(512), DSPN(RNFSEncoder(dim=512, latent=512), set_size=10, set_channels=18))
-    clevr(tf.zeros([1, 128, 128, 3]), iters=0)
+    clevr.build_on_zeros((128, 128, 3))
     small = ImageToSet(ConvEncoder(128), DSPN(RNFSEncoder(dim=128, latent=128), set_size=10, set_channels=18))
-    small(tf.zeros([1, 128, 128, 3]), iters=0)
+    small.build_on_zeros((128, 128, 3))
     return {
         "clevr_state_decoder_512": (export_model(clevr, os.path.join(out, "clevr512"), save_keras=False),
                                     "decode", "z", [512]),

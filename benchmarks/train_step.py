@@ -1,8 +1,8 @@
 r"""Training-step time, examples/s and peak memory at the paper's configs.
 
-    python benchmarks/train_step.py                      # every config and decoder, table + JSON
-    python benchmarks/train_step.py --config=set_mnist --decoder=dspn --repeats=10
-    python benchmarks/train_step.py --config=set_mnist --jit_compile
+    python -m benchmarks.train_step                      # every config and decoder, table + JSON
+    python -m benchmarks.train_step --config=set_mnist --decoder=dspn --repeats=10
+    python -m benchmarks.train_step --config=set_mnist --jit_compile
 
 Configs (SPEC §9), batch 32, random batches (data loading is not timed; see
 input_pipeline.py):
@@ -15,18 +15,18 @@ input_pipeline.py):
   encoder a Dense(512), so z is an input-driven trainable embedding.
 - clevr_resnet: full CLEVR state, ResNet34 image encoder at 128×128.
 
-Every step is the library's own `Trainer.train_step` (the `tf.function` that
-`train/train.py` runs), so the numbers are what users get. Each (config,
+Each config's settings are read from its flagfile in configs/ (`FLAGFILES`)
+through `train.config`, and every step is the library's own
+`Trainer.train_step` (the `tf.function` that `train/loop.py` runs), so the
+numbers are what users get. Each (config,
 decoder) runs in a fresh process so that peak RSS is its own.
 """
 
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from benchmarks import harness
 
 CONFIGS = ("set_mnist", "clevr_decoder", "clevr_resnet")
 DECODERS = ("dspn", "mlp")
@@ -49,50 +49,57 @@ def random_batch(config, batch_size, seed=0, image_size=128):
     if config == "set_mnist":
         return {"set": tf.constant(values), "mask": tf.constant(mask)}
     if config == "clevr_decoder":
-        image = rng.standard_normal((batch_size, 512), dtype=np.float32)
+        image = rng.standard_normal((batch_size, FEATURES), dtype=np.float32)
     else:
         image = rng.random((batch_size, image_size, image_size, 3), dtype=np.float32)
     return {"image": tf.constant(image), "state": tf.constant(values), "mask": tf.constant(mask)}
 
 
+# The paper's runs in configs/ that each benchmark config reads its settings from.
+FLAGFILES = {"set_mnist": "set_mnist_{decoder}.cfg", "clevr_decoder": "clevr_state_{decoder}.cfg",
+             "clevr_resnet": "clevr_state_{decoder}.cfg"}
+FEATURES = 512  # Width of clevr_decoder's random "image" feature vector.
+
+
+def run_config(config, decoder, iters=10, inner_gradient="unrolled"):
+    """The `RunConfig` of `configs/<FLAGFILES[config]>` with the benchmark's overrides."""
+    from train import config as config_lib
+
+    overrides = [f"--iters={iters}", f"--inner_gradient={inner_gradient}"]
+    if inner_gradient == "implicit":
+        overrides.append("--noloss_all_steps")  # Implicit gradients carry the final step only.
+    flagfile = os.path.join(harness.REPO, "configs", FLAGFILES[config].format(decoder=decoder))
+    return config_lib.load(flagfile, *overrides)
+
+
 def build(config, decoder, iters=10, inner_gradient="unrolled"):
-    """(model, optimizer, LossSettings) of a config, built through the library's factories.
+    """(model, optimizer, LossSettings) of a config, built from its flagfile through `train.config`.
 
     With `inner_gradient="implicit"` the set loss scores the final step only
     (implicit gradients carry nothing else), also for set-MNIST's Chamfer.
+    clevr_decoder replaces the image encoder by a Dense(latent) of a
+    random feature vector (see the module docstring).
     """
     import keras
-    import tensorflow as tf
+
     from dspn_tf.baselines import MLPDecoder
     from dspn_tf.dspn import DSPN
     from dspn_tf.encoders import RNFSEncoder
-    from dspn_tf.models import ImageToSet, build_model
-    from dspn_tf.training import LossSettings
+    from dspn_tf.models import ImageToSet
+    from train import config as config_lib
 
-    options = {"gradient": inner_gradient}
-    if config == "set_mnist":
-        model = build_model("autoencoder", decoder=decoder, set_size=342, set_channels=2, dim=256, latent=64,
-                            decoder_dim=256, iters=iters, inner_lr=25.0, dspn_options=options)
-        model({"set": tf.zeros([1, 342, 2]), "mask": tf.zeros([1, 342])}, iters=0)
-        settings = LossSettings(set_key="set", loss="chamfer", all_steps=inner_gradient == "unrolled", repr_lambda=0.0)
-        lr = 1e-2
-    else:
-        repr_lambda = 0.1 if decoder == "dspn" else 0.0
-        settings = LossSettings(set_key="state", loss="hungarian", all_steps=False, repr_lambda=repr_lambda)
-        lr = 3e-4
-        if config == "clevr_decoder":
-            dec = (DSPN(RNFSEncoder(512, 512), 10, 18, iters=iters, lr=25.0, **options) if decoder == "dspn"
-                   else MLPDecoder(10, 18, 512))
-            model = ImageToSet(keras.layers.Dense(512, name="embed"), dec)
-            model(tf.zeros([1, 512]), iters=0)
+    run = run_config(config, decoder, iters, inner_gradient)
+    if config == "clevr_decoder":
+        if decoder == "dspn":
+            dec = DSPN(RNFSEncoder(run.dim, run.latent, n_pieces=run.n_pieces), config_lib.task(run).set_size,
+                       config_lib.task(run).set_channels, iters=run.iters, lr=run.inner_lr,
+                       **config_lib.dspn_options(run))
         else:
-            model = build_model("image", decoder=decoder, set_size=10, set_channels=18, dim=512, latent=512,
-                                decoder_dim=512, image_encoder="resnet34", iters=iters, inner_lr=25.0,
-                                dspn_options=options)
-            model(tf.zeros([1, 128, 128, 3]), iters=0)
-    optimizer = keras.optimizers.Adam(lr, epsilon=1e-8)
-    optimizer.build(model.trainable_variables)
-    return model, optimizer, settings
+            dec = MLPDecoder(config_lib.task(run).set_size, config_lib.task(run).set_channels, run.decoder_dim)
+        model = ImageToSet(keras.layers.Dense(run.latent, name="embed"), dec).build_on_zeros((FEATURES,))
+    else:
+        model = config_lib.build_model(run)
+    return model, config_lib.build_optimizer(run, model, total=1), config_lib.loss_settings(run)
 
 
 def measure(args):
@@ -117,7 +124,7 @@ def measure(args):
     def step():
         return float(trainer.train_step(batch)["train/loss"])
 
-    rss_before_mib = common.peak_rss_mib()  # Model, optimizer and batch exist; no step has run.
+    rss_before_mib = harness.peak_rss_mib()  # Model, optimizer and batch exist; no step has run.
     first_loss = step()  # Traces and compiles.
     if args.profile_dir:
         for _ in range(args.warmup):
@@ -126,7 +133,7 @@ def measure(args):
         for _ in range(3):
             step()
         tf.profiler.experimental.stop()
-    timing = common.time_calls(step, warmup=args.warmup, repeats=args.repeats)
+    timing = harness.time_calls(step, warmup=args.warmup, repeats=args.repeats)
     return {
         "config": args.config,
         "decoder": args.decoder,
@@ -137,11 +144,11 @@ def measure(args):
         "inner_gradient": args.inner_gradient,
         **timing,
         "examples_per_s": args.batch_size / timing["median_s"],
-        "peak_rss_mib": common.peak_rss_mib(),
-        "step_rss_mib": common.peak_rss_mib() - rss_before_mib,
+        "peak_rss_mib": harness.peak_rss_mib(),
+        "step_rss_mib": harness.peak_rss_mib() - rss_before_mib,
         "traces": trainer.traces,
         "first_loss": first_loss,
-        "machine": common.machine(),
+        "machine": harness.machine(),
     }
 
 
@@ -176,7 +183,7 @@ def main():
             for gradient in (gradients if decoder == "dspn" else gradients[:1])]
     rows = []
     for config, decoder, iters, gradient in runs:
-        argv = [os.path.abspath(__file__), "--child", f"--config={config}", f"--decoder={decoder}",
+        argv = ["--child", f"--config={config}", f"--decoder={decoder}",
                 f"--iters={iters}", f"--inner_gradient={gradient}",
                 f"--batch_size={args.batch_size}", f"--warmup={args.warmup}", f"--repeats={args.repeats}",
                 f"--mixed_precision={args.mixed_precision}", f"--intra_op_threads={args.intra_op_threads}",
@@ -185,14 +192,14 @@ def main():
             argv.append("--jit_compile")
         if args.profile_dir:
             argv.append(f"--profile_dir={os.path.join(args.profile_dir, config + '_' + decoder)}")
-        row = common.run_child(argv)
-        print(common.step_line(f"{config:14s} {decoder:5s} {gradient:8s} {iters:3d}", row), flush=True)
+        row = harness.run_child("benchmarks.train_step", argv)
+        print(harness.step_line(f"{config:14s} {decoder:5s} {gradient:8s} {iters:3d}", row), flush=True)
         rows.append(row)
-    common.write_json(args.output, {"benchmark": "train_step", "machine": rows[0]["machine"], "rows": rows})
-    print(common.table(rows, [
+    harness.write_json(args.output, {"benchmark": "train_step", "machine": rows[0]["machine"], "rows": rows})
+    print(harness.table(rows, [
         ("config", "config", None), ("decoder", "decoder", None), ("inner_gradient", "gradient", None),
         ("iters", "iters", None), ("jit_compile", "XLA", None), ("policy", "dtype policy", None),
-        *common.STEP_COLUMNS, ("step_rss_mib", "RSS growth in steps (MiB)", "{:.0f}"),
+        *harness.STEP_COLUMNS, ("step_rss_mib", "RSS growth in steps (MiB)", "{:.0f}"),
     ]))
     print(f"Written to {args.output}")
 

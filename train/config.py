@@ -7,6 +7,7 @@ plain-argument factories: the datasets (`dspn_tf.data`), the model
 inner-step schedule and the learning rate.
 """
 
+import copy
 import dataclasses
 import os
 import sys
@@ -15,7 +16,7 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from dspn_tf.data import clevr, clevr_states, image_cache, render, set_mnist
+from dspn_tf.data import batches, clevr, clevr_states, image_cache, render, set_mnist
 from dspn_tf.models import build_model as build_model_from_args
 from dspn_tf.training import LossSettings, workers
 from train import flags as _flags  # noqa: F401  (defines every flag)
@@ -121,6 +122,21 @@ def from_flags(flag_values=None, argv=None):
                      flags_text=flag_values.flags_into_string())
 
 
+def load(flagfile, *overrides):
+    """The `RunConfig` of a flagfile (e.g. "configs/set_mnist_dspn.cfg") and `--flag=value` overrides.
+
+    Parses into a copy of the flags, so the process's own flags are untouched
+    (for benchmarks and notebooks, which have no absl `main`).
+    """
+    if not os.path.isfile(flagfile):
+        raise FileNotFoundError(f"load: the flagfile {flagfile!r} does not exist.")
+    flag_values = copy.deepcopy(FLAGS)
+    flag_values.unparse_flags()
+    argv = ["config", f"--flagfile={flagfile}", *overrides]
+    flag_values(argv)
+    return from_flags(flag_values, argv=argv)
+
+
 def task(config):
     """The `Task` of `config.dataset`."""
     if config.dataset == "set_mnist":
@@ -172,16 +188,6 @@ def build_split(config, split):
     )
 
 
-def _batches(dataset, batch_size, *, shuffle_buffer=None, seed=None):
-    """Batched and prefetched; with `shuffle_buffer`, shuffled and repeated (training)."""
-    if shuffle_buffer:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat()
-    # Training batches are full so every step has the same shape (one trace).
-    dataset = dataset.batch(batch_size, drop_remainder=bool(shuffle_buffer))
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
 def train_batches(config, strategy):
     """This worker's batches of the training split, and the split's size.
 
@@ -202,7 +208,7 @@ def train_batches(config, strategy):
     count, index, _ = workers(strategy)
     if count > 1:
         ds = ds.shard(count, index)
-    return _batches(ds, config.batch_size // count, shuffle_buffer=config.shuffle_buffer, seed=config.seed), size
+    return batches(ds, config.batch_size // count, shuffle_buffer=config.shuffle_buffer, seed=config.seed), size
 
 
 def eval_batches(config):
@@ -210,7 +216,7 @@ def eval_batches(config):
     ds = build_split(config, "eval")
     if config.max_eval_examples:
         ds = ds.take(config.max_eval_examples)
-    return _batches(ds, config.batch_size)
+    return batches(ds, config.batch_size)
 
 
 def total_steps(config, train_size):

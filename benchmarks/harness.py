@@ -1,7 +1,9 @@
-"""Helpers shared by the benchmark scripts: machine facts, timing, JSON and tables.
+"""Helpers shared by the benchmarks: machine facts, timing, child processes, JSON and tables.
 
-The benchmarks are plain scripts (not tests). Each measurement runs in its
-own process when peak memory matters, because `ru_maxrss` only grows.
+The benchmarks are modules of the `benchmarks` package, run from the
+repository root as `python -m benchmarks.<name>` (not tests). Each
+measurement runs in its own process when peak memory matters, because
+`ru_maxrss` only grows.
 """
 
 import json
@@ -14,6 +16,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_model():
@@ -85,9 +89,10 @@ def time_calls(fn, *, warmup, repeats):
     }
 
 
-def run_child(argv):
-    """Runs `python argv...` and returns the JSON it prints on its last stdout line."""
-    out = subprocess.run([sys.executable, *argv], check=True, stdout=subprocess.PIPE, text=True).stdout
+def run_child(module, args):
+    """Runs `python -m module args...` from the repository root; returns the JSON of its last stdout line."""
+    out = subprocess.run([sys.executable, "-m", module, *args], check=True, stdout=subprocess.PIPE, text=True,
+                         cwd=REPO).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
