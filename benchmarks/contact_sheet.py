@@ -1,8 +1,8 @@
-"""Contact sheet of generated CLEVR-format scenes with their SPEC boxes drawn.
+"""Contact sheet of generated CLEVR-format scenes with their CLEVR boxes (docs/algorithm.md §8) drawn.
 
     python -m benchmarks.contact_sheet --out /tmp/contact_sheet.png [--real CLEVR_v1.0]
 
-Renders 16 scenes with `dspn_tf.data.clevr_mini` and draws the SPEC section 7
+Renders 16 scenes with `dspn_tf.data.clevr_mini` and draws the docs/algorithm.md §8
 box of every object (red), so a person can check that scenes look like CLEVR
 and that the boxes sit on the objects. With --real, a row of real CLEVR images
 (with the same boxes) is appended for comparison.

@@ -21,7 +21,7 @@ This file is our own PyTorch rendering of the *structure* of the original
 public PyTorch implementation (channels-first `(B, C, N)` tensors, kernel-1
 Conv1d/Conv2d layers, FSPool via `torch.sort`, inner loop with
 `torch.autograd.grad(..., create_graph=True)`, Adam), written from
-the project's algorithm spec (SPEC.md) for timing only. It is not a port of anyone's code and
+the project's algorithm description (docs/algorithm.md) for timing only. It is not a port of anyone's code and
 is not used by the library or its tests.
 
 Batches are random (same generator, seed and shapes as train_step.py's
@@ -64,7 +64,7 @@ def build_modules(torch):
     F = torch.nn.functional
 
     class FSPool(nn.Module):
-        """Featurewise sort pooling (SPEC §1) over the last axis of `(B, C, n)`."""
+        """Featurewise sort pooling (docs/algorithm.md §1) over the last axis of `(B, C, n)`."""
 
         def __init__(self, channels, n_pieces=N_PIECES):
             super().__init__()
@@ -163,7 +163,7 @@ def build_modules(torch):
 
 
 # --------------------------------------------------------------------------------------------
-# Losses (SPEC §6).
+# Losses (docs/algorithm.md §7).
 # --------------------------------------------------------------------------------------------
 
 def pairwise_cost(pred, target):

@@ -4,7 +4,7 @@ r"""Training-step time, examples/s and peak memory at the paper's configs.
     python -m benchmarks.train_step --config=set_mnist --decoder=dspn --repeats=10
     python -m benchmarks.train_step --config=set_mnist --jit_compile
 
-Configs (SPEC §9), batch 32, random batches (data loading is not timed; see
+Configs (docs/algorithm.md §10), batch 32, random batches (data loading is not timed; see
 input_pipeline.py):
 
 - set_mnist: N 342 × 2, FSEncoder dim 256 latent 64, DSPN 10 steps lr 25,

@@ -1,4 +1,4 @@
-"""One-shot set decoders used as baselines in the paper (SPEC §5).
+"""One-shot set decoders used as baselines in the paper (docs/algorithm.md §6).
 
 They return the same dict as `DSPN` with a single step, so training and
 evaluation code treat every decoder alike. They have no inner loop, so they

@@ -1,4 +1,4 @@
-"""Permutation-invariant set encoders g(set, mask) -> [batch, latent] (SPEC §2).
+"""Permutation-invariant set encoders g(set, mask) -> [batch, latent] (docs/algorithm.md §2).
 
 The same encoder object encodes target sets and drives the DSPN decoder's
 inner loop, so it must be differentiable twice with respect to its inputs.

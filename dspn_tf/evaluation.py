@@ -1,4 +1,4 @@
-"""Evaluation of a trained model at several numbers of inner steps (SPEC §8).
+"""Evaluation of a trained model at several numbers of inner steps (docs/algorithm.md §9).
 
 The model runs once per batch with the largest requested step count; the
 intermediate steps it returns give every smaller count for free (step t of a

@@ -49,8 +49,7 @@ class FSPool(keras.layers.Layer):
 
     def __init__(self, n_pieces=20, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(n_pieces, int) or n_pieces < 1:
-            raise ValueError(f"FSPool: `n_pieces` must be an integer >= 1; received n_pieces={n_pieces!r}.")
+        checks.positive_ints("FSPool", n_pieces=n_pieces)
         self.n_pieces = n_pieces
         self.channels = None
         # The layer consumes the mask (like GlobalAveragePooling1D): Keras then
@@ -96,26 +95,21 @@ class FSPool(keras.layers.Layer):
             present = tf.cast(mask, dtype) > 0
             # Push absent elements to the end of the descending sort (ranks >= n).
             keys = tf.where(present[..., None], x, tf.constant(float("-inf"), dtype))
-        # Sorting is piecewise constant, so the weighted sum of the sorted
-        # values equals sum_j x_j * w(rank_j): the weights are "unsorted" to
-        # the elements' own positions instead of the values being sorted.
-        # Same value and, for any order of differentiation, the same gradient
-        # as differentiating through the sort (top_k's gradient scatters the
-        # upstream gradient to exactly these positions, ties included), but
-        # the backward passes are elementwise: no ScatterNd, no transposes of
-        # gradients (~15% of a set-MNIST training step before).
+        # Eq. (A2) as sum_j x_j * w(rank_j): the weights go to the elements'
+        # own positions instead of the values being sorted. Sorting is
+        # piecewise constant, so value and gradients (of any order) equal those
+        # through the sort, and the backward passes stay elementwise
+        # (benchmarks/README.md, "FSPool").
         x_t = tf.transpose(tf.stop_gradient(keys), [0, 2, 1])  # Shape: [batch, C, set_size].
         # Descending; ties keep index order. Integer keys sort in the same
-        # order as the floats and make top_k's row sort ~25% cheaper on CPU.
+        # order as the floats, and sort faster.
         _, order = tf.math.top_k(sort_keys(x_t), k=set_size, sorted=True)
-        # Each element's weight is the weight of its position in the sort:
-        # one scatter of the per-position weights through the permutation
-        # (`order` is a permutation per row, so the segment sum is a plain
-        # scatter). Its gradient with respect to W is a gather, not a second
-        # scatter. The scatter stays within each [set_size] row of the
-        # `[batch, C, set_size]` layout: scattering straight into the strided
-        # `[batch, set_size, C]` layout saves the transpose below but makes
-        # the scatter and its gradient twice as slow on CPU.
+        # Each element's weight is the weight of its position in the sort: one
+        # scatter of the per-position weights through the permutation (`order`
+        # is a permutation per row, so the segment sum is a plain scatter),
+        # whose gradient with respect to W is a gather. The scatter stays
+        # within each [set_size] row of the `[batch, C, set_size]` layout,
+        # which is faster than the strided `[batch, set_size, C]` one.
         rows = tf.shape(order)[0] * tf.shape(order)[1]
         flat = flat_segment_ids(order, set_size)
         if mask is None:

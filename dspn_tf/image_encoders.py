@@ -1,4 +1,4 @@
-"""Image encoders that map an image to the embedding z (SPEC §4)."""
+"""Image encoders that map an image to the embedding z (docs/algorithm.md §5)."""
 
 import keras
 import tensorflow as tf

@@ -1,4 +1,4 @@
-"""Set losses (SPEC §6): Chamfer, Hungarian and the representation loss.
+"""Set losses (docs/algorithm.md §7): Chamfer, Hungarian and the representation loss.
 
 Predictions and targets are compared as `[set, mask]`: the mask is one more
 feature, and padded target slots are real zero elements that predictions must
@@ -156,7 +156,7 @@ def _chamfer_pairs(pred, target):
 
 
 def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=True, reduction="mean"):
-    """Chamfer loss averaged over decoder steps (set-MNIST; SPEC §6).
+    """Chamfer loss averaged over decoder steps (set-MNIST; docs/algorithm.md §7).
 
     Per sample and step: `mean_j min_i d(i, j) + mean_i min_j d(i, j)` with d
     the feature-mean Huber cost of `[set, mask]` vectors. The cost is built one
@@ -229,7 +229,7 @@ def hungarian_assignment(cost):
 
 
 def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=False, reduction="mean"):
-    """Hungarian loss (CLEVR; SPEC §6).
+    """Hungarian loss (CLEVR; docs/algorithm.md §7).
 
     The optimal one-to-one matching of predicted and target `[set, mask]`
     elements is found on the stopped-gradient cost; the loss is the mean of
@@ -272,7 +272,7 @@ def repr_loss(predicted, target, reduction="mean"):
     """Huber distance between embeddings, averaged over the latent dimensions.
 
     In DSPN training this is `huber(g(target_set, target_mask) - z)`; neither
-    side is stop-gradiented, so it trains both encoders (SPEC §6).
+    side is stop-gradiented, so it trains both encoders (docs/algorithm.md §7).
     """
     predicted = tf.convert_to_tensor(predicted)
     target = tf.convert_to_tensor(target, predicted.dtype)

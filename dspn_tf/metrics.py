@@ -1,4 +1,4 @@
-"""Average precision for predicted sets of objects (SPEC section 8).
+"""Average precision for predicted sets of objects (docs/algorithm.md §9).
 
 Plain NumPy, no TensorFlow: evaluation runs outside any `tf.function` on the
 whole evaluation set at once.

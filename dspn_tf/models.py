@@ -2,7 +2,7 @@
 
 `SetAutoEncoder` encodes a set and decodes it back (set-MNIST);
 `ImageToSet` predicts a set from an image (CLEVR). With a `DSPN` decoder the
-target-set encoder is the decoder's own encoder (weights shared, SPEC §3).
+target-set encoder is the decoder's own encoder (weights shared, docs/algorithm.md §3).
 Both return the decoder dict plus the embedding `z`.
 """
 

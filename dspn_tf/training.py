@@ -56,7 +56,7 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
     encoder = model.repr_encoder
     if settings.repr_lambda > 0 and encoder is not None:
         # Neither side is stop-gradiented: this trains the image encoder
-        # towards g(target) and g towards the image embedding (SPEC §6).
+        # towards g(target) and g towards the image embedding (docs/algorithm.md §7).
         target_z = tf.cast(encoder(target_set, target_mask, training=training), tf.float32)
         repr_loss = losses_lib.repr_loss(target_z, tf.cast(outputs["z"], tf.float32), reduction="none")
     return outputs, {"loss": set_loss + settings.repr_lambda * repr_loss, "set_loss": set_loss, "repr_loss": repr_loss}

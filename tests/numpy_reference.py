@@ -1,4 +1,4 @@
-"""Plain NumPy transcriptions of SPEC formulas, shared by the tests.
+"""Plain NumPy transcriptions of the formulas of docs/algorithm.md, shared by the tests.
 
 They are written for clarity (loops, no tricks) so that an optimised
 library implementation can be checked against them.
@@ -8,7 +8,7 @@ import numpy as np
 
 
 def fspool_reference(x, weight, mask=None):
-    """SPEC §1 written out with loops: x `[B, N, C]`, weight `[C, P + 1]`, mask `[B, N]` or None.
+    """docs/algorithm.md §1 written out with loops: x `[B, N, C]`, weight `[C, P + 1]`, mask `[B, N]` or None.
 
     Each channel of each set is sorted descending over that set's own
     elements; position i of n has r = i / max(n - 1, 1), t = P r,

@@ -1,4 +1,4 @@
-"""Baseline decoders (SPEC §5) and image encoders (SPEC §4)."""
+"""Baseline decoders (docs/algorithm.md §6) and image encoders (docs/algorithm.md §5)."""
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ def dense(x, layer):
 
 
 def lstm_decoder_reference(decoder, z):
-    """SPEC §5: cell state Dense(z), hidden state 0, N steps on zero inputs, Dense(C + 1) per step."""
+    """docs/algorithm.md §6: cell state Dense(z), hidden state 0, N steps on zero inputs, Dense(C + 1) per step."""
     cell = decoder.lstm.cell
     recurrent, bias = cell.recurrent_kernel.numpy(), cell.bias.numpy()
     c = dense(z, decoder.cell_init)
@@ -99,7 +99,7 @@ def test_baseline_gradients_reach_every_weight(rng, cls):
     for variable, grad in zip(variables, grads):
         assert grad is not None, variable.path
         if cls is LSTMDecoder and variable is decoder.lstm.cell.kernel:
-            # The LSTM runs on zero inputs (SPEC §5): its input kernel never matters.
+            # The LSTM runs on zero inputs (docs/algorithm.md §6): its input kernel never matters.
             np.testing.assert_array_equal(grad, 0.0)
         else:
             assert np.abs(grad.numpy()).max() > 0, variable.path

@@ -26,7 +26,7 @@ CYLINDER = {"shape": "cylinder", "size": "large", "material": "rubber",
 
 
 def _hand_boxes():
-    """SPEC section 7 worked through by hand for the three objects above."""
+    """docs/algorithm.md §8 worked through by hand for the three objects above."""
     # Sphere: x1' = 1.5*0.6 + (-3)*0.8 = -1.5; y1' = -1.5*(-0.8) + (-3)*0.6 = -0.6.
     h = 6.9 * 0.35 * (15 + 0.6) / 2  # = 18.837, all four extents equal.
     sphere = [(240 - h) / 480, (160 - h) / 320, (240 + h) / 480, (160 + h) / 320]
@@ -270,7 +270,7 @@ def test_oversized_scene_raises_or_is_skipped(tmp_path):
 # --------------------------------------------------------------------------
 # TFDS (mocked, no download).
 
-# TFDS clevr's own label orders (its ClassLabel names), not SPEC's.
+# TFDS clevr's own label orders (its ClassLabel names), not the state layout's (dspn_tf.data.clevr_layout).
 _TFDS_COLOR = ["gray", "blue", "brown", "yellow", "red", "green", "purple", "cyan"]
 _TFDS_SHAPE = ["cube", "sphere", "cylinder"]
 _TFDS_SIZE = ["small", "large"]

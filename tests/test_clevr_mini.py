@@ -27,7 +27,7 @@ def _scenes(root, split):
 
 
 def spec_box(obj, right):
-    """SPEC section 7 box in pixels, written out independently of the code under test."""
+    """docs/algorithm.md §8 box in pixels, written out independently of the code under test."""
     x, y = obj["pixel_coords"][:2]
     x1, y1, z1 = obj["3d_coords"]
     cos, sin = right[0], right[1]

@@ -1,4 +1,4 @@
-"""The DSPN decoder (SPEC §3): inner optimisation, equivariance, batch independence, second order."""
+"""The DSPN decoder (docs/algorithm.md §3): inner optimisation, equivariance, batch independence, second order."""
 
 import numpy as np
 import pytest
@@ -48,7 +48,7 @@ def test_inner_loss_falls_over_the_steps(rng, encoder):
 
 
 def test_first_step_is_lr_times_per_sample_gradient(rng):
-    # SPEC §3: Y_1 = Y_0 - 25 * dL_b/dY with L_b the sample's own latent-mean Huber loss.
+    # docs/algorithm.md §3: Y_1 = Y_0 - 25 * dL_b/dY with L_b the sample's own latent-mean Huber loss.
     dspn = make_dspn(iters=1)
     z = target_embedding(dspn, rng, batch=3)
     out = dspn(z)

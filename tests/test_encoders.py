@@ -1,4 +1,4 @@
-"""FSEncoder and RNFSEncoder: NumPy references of SPEC §2, invariance and gradient equivariance."""
+"""FSEncoder and RNFSEncoder: NumPy references of docs/algorithm.md §2, invariance and gradient equivariance."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""FSPool: the math against a NumPy transcription of SPEC §1, and the layer contract."""
+"""FSPool: the math against a NumPy transcription of docs/algorithm.md §1, and the layer contract."""
 
 import os
 import tempfile

@@ -1,4 +1,4 @@
-"""Set losses (SPEC §6) against NumPy / brute-force references."""
+"""Set losses (docs/algorithm.md §7) against NumPy / brute-force references."""
 
 import itertools
 
@@ -113,7 +113,7 @@ def test_chamfer_under_tf_function_with_unknown_steps(rng):
 
 @pytest.mark.parametrize("steps", [11, None])
 def test_chamfer_never_builds_a_five_dim_tensor(steps):
-    # SPEC §6: 11 × 32 × 342 × 342 × 3 floats do not fit; the graph must stay 4-D.
+    # docs/algorithm.md §7: 11 × 32 × 342 × 342 × 3 floats do not fit; the graph must stay 4-D.
     fn = tf.function(lambda s, m, t, tm: losses.chamfer_loss(s, m, t, tm))
     graph = fn.get_concrete_function(
         tf.TensorSpec([steps, 32, 342, 2], tf.float32),
@@ -248,7 +248,7 @@ def test_repr_loss_matches_numpy_and_trains_both_sides(rng):
         loss = losses.repr_loss(a, b)
     np.testing.assert_allclose(loss.numpy(), expected.mean(), rtol=1e-6)
     grad_a, grad_b = tape.gradient(loss, [a, b])
-    # Neither side is stop-gradiented (SPEC §6: gradients reach both encoders).
+    # Neither side is stop-gradiented (docs/algorithm.md §7: gradients reach both encoders).
     np.testing.assert_allclose(grad_a.numpy(), -grad_b.numpy())
     assert np.abs(grad_a.numpy()).max() > 0
 

@@ -1,6 +1,6 @@
 """CLEVR v1.0 for set prediction: images with object states and boxes.
 
-SPEC section 7. Each example is
+docs/algorithm.md §8. Each example is
 
     {"image": float32 [S, S, 3] in [0, 1],   # S = image_size, 128 in the paper
      "state": float32 [10, 18],              # 3d_coords / 3, then one-hots
@@ -72,7 +72,7 @@ def _coords(obj, name, size):
 
 
 def object_state(obj):
-    """The 18 state features of one CLEVR object (SPEC section 7).
+    """The 18 state features of one CLEVR object (docs/algorithm.md §8).
 
     Args:
       obj: a scene-JSON object dict with `3d_coords`, `material`, `color`,
@@ -108,7 +108,7 @@ def _right_vector(directions):
 
 
 def object_box(obj, directions):
-    """The bounding box of one CLEVR object (SPEC section 7, the reference's formula).
+    """The bounding box of one CLEVR object (docs/algorithm.md §8, the reference's formula).
 
     Args:
       obj: a scene-JSON object dict with `pixel_coords`, `3d_coords`, `shape`.
@@ -126,7 +126,7 @@ def object_box(obj, directions):
     cos, sin = _right_vector(directions)
     x1r = x1 * cos + y1 * sin
     # The reference rotates y with the already-rotated x; kept so that boxes
-    # match the paper's numbers (SPEC section 7).
+    # match the paper's numbers (docs/algorithm.md §8).
     y1r = x1r * (-sin) + y1 * cos
     h_d = 6.9 * z1 * (15 - y1r) / 2
     h_u = w_l = w_r = h_d

@@ -6,7 +6,7 @@ rendered or decoded. Each example is
 
     {"state": float32 [10, 18], "mask": float32 [10]}
 
-with the state features of `clevr.object_state` (SPEC section 7 order:
+with the state features of `clevr.object_state` (docs/algorithm.md §8 order:
 coords / 3, material, colour, shape, size), zero-padded in scene order.
 
 `source` is "generated" (scenes of `dspn_tf.data.render`, the same ones it

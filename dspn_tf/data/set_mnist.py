@@ -1,6 +1,6 @@
 """Set-MNIST: each MNIST digit as the set of its bright pixels' coordinates.
 
-SPEC section 7: a pixel is kept when value / 255 is above the MNIST mean 0.1307,
+docs/algorithm.md §8: a pixel is kept when value / 255 is above the MNIST mean 0.1307,
 i.e. uint8 >= 34; an element is (row, col) / 27 (channel 0 is the row); the
 elements are shuffled, zero-padded to 342 (the largest train set) and masked.
 
