@@ -43,9 +43,22 @@ def run_step(tree, config, decoder, warmup, repeats, extra):
         command = [os.path.join(tree, "benchmarks", "train_step.py")]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "row.json")
-        subprocess.run([sys.executable, *command, f"--config={config}", f"--decoder={decoder}",
-                        f"--warmup={warmup}", f"--repeats={repeats}", f"--output={out}", *extra],
-                       check=True, cwd=tree, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                *command,
+                f"--config={config}",
+                f"--decoder={decoder}",
+                f"--warmup={warmup}",
+                f"--repeats={repeats}",
+                f"--output={out}",
+                *extra,
+            ],
+            check=True,
+            cwd=tree,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         with open(out) as f:
             return json.load(f)["rows"][0]
 
@@ -89,18 +102,35 @@ def main():
                 summary["runs"] = runs
                 rows.append(summary)
         finally:
-            for side, tree in trees.items():
+            for tree in trees.values():
                 if tree != REPO:
                     subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], check=False)
-    harness.write_json(args.output, {"benchmark": "compare_revisions", "base": args.base, "head": args.head,
-                                    "rounds": args.rounds, "policy": args.mixed_precision, "rows": rows})
-    print(harness.table(rows, [
-        ("config", "config", None), ("decoder", "decoder", None),
-        ("base_s", f"{args.base} s/step", "{:.3f}"), ("head_s", f"{args.head} s/step", "{:.3f}"),
-        ("wall_ratio", "head / base (wall)", "{:.3f}"),
-        ("base_cpu_s", "base CPU s", "{:.3f}"), ("head_cpu_s", "head CPU s", "{:.3f}"),
-        ("cpu_ratio", "head / base (CPU)", "{:.3f}"),
-    ]))
+    harness.write_json(
+        args.output,
+        {
+            "benchmark": "compare_revisions",
+            "base": args.base,
+            "head": args.head,
+            "rounds": args.rounds,
+            "policy": args.mixed_precision,
+            "rows": rows,
+        },
+    )
+    print(
+        harness.table(
+            rows,
+            [
+                ("config", "config", None),
+                ("decoder", "decoder", None),
+                ("base_s", f"{args.base} s/step", "{:.3f}"),
+                ("head_s", f"{args.head} s/step", "{:.3f}"),
+                ("wall_ratio", "head / base (wall)", "{:.3f}"),
+                ("base_cpu_s", "base CPU s", "{:.3f}"),
+                ("head_cpu_s", "head CPU s", "{:.3f}"),
+                ("cpu_ratio", "head / base (CPU)", "{:.3f}"),
+            ],
+        )
+    )
     print(f"Written to {args.output}")
 
 

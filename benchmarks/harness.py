@@ -39,8 +39,8 @@ def load_average():
 
 
 def machine():
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     return {
         "cpu": cpu_model(),
@@ -91,8 +91,9 @@ def time_calls(fn, *, warmup, repeats):
 
 def run_child(module, args):
     """Runs `python -m module args...` from the repository root; returns the JSON of its last stdout line."""
-    out = subprocess.run([sys.executable, "-m", module, *args], check=True, stdout=subprocess.PIPE, text=True,
-                         cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], check=True, stdout=subprocess.PIPE, text=True, cwd=REPO
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -118,9 +119,12 @@ def table(rows, columns):
 
 # Columns of a per-step timing table (rows from `time_calls` plus examples/s and peak RSS).
 STEP_COLUMNS = [
-    ("median_s", "median s/step", "{:.3f}"), ("min_s", "min s", "{:.3f}"),
-    ("median_cpu_s", "CPU s/step", "{:.3f}"), ("examples_per_s", "examples/s", "{:.1f}"),
-    ("peak_rss_mib", "peak RSS MiB", "{:.0f}"), ("load_before", "load (1/5/15 min)", None),
+    ("median_s", "median s/step", "{:.3f}"),
+    ("min_s", "min s", "{:.3f}"),
+    ("median_cpu_s", "CPU s/step", "{:.3f}"),
+    ("examples_per_s", "examples/s", "{:.1f}"),
+    ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
+    ("load_before", "load (1/5/15 min)", None),
 ]
 
 

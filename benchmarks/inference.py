@@ -63,17 +63,36 @@ def main():
                 for runner_name, runner in runners.items():
                     fn = lambda: tf.nest.map_structure(lambda t: t.numpy(), runner(inputs, iters))  # noqa: E731
                     timing = harness.time_calls(fn, warmup=2, repeats=args.repeats)
-                    row = {"config": config, "runner": runner_name, "batch_size": batch_size, "iters": iters,
-                           **timing, "latency_ms": 1e3 * timing["median_s"],
-                           "examples_per_s": batch_size / timing["median_s"]}
+                    row = {
+                        "config": config,
+                        "runner": runner_name,
+                        "batch_size": batch_size,
+                        "iters": iters,
+                        **timing,
+                        "latency_ms": 1e3 * timing["median_s"],
+                        "examples_per_s": batch_size / timing["median_s"],
+                    }
                     rows.append(row)
-                    print(f"{config} {runner_name} batch {batch_size} iters {iters}: {row['latency_ms']:.1f} ms "
-                          f"({row['examples_per_s']:.1f} ex/s, load {timing['load_before']})", flush=True)
+                    print(
+                        f"{config} {runner_name} batch {batch_size} iters {iters}: {row['latency_ms']:.1f} ms "
+                        f"({row['examples_per_s']:.1f} ex/s, load {timing['load_before']})",
+                        flush=True,
+                    )
     harness.write_json(args.output, {"benchmark": "inference", "machine": harness.machine(), "rows": rows})
-    print(harness.table(rows, [
-        ("config", "config", None), ("runner", "runner", None), ("batch_size", "batch", None),
-        ("iters", "steps", None), ("latency_ms", "median ms/call", "{:.1f}"),
-        ("examples_per_s", "examples/s", "{:.1f}"), ("load_before", "load (1/5/15 min)", None)]))
+    print(
+        harness.table(
+            rows,
+            [
+                ("config", "config", None),
+                ("runner", "runner", None),
+                ("batch_size", "batch", None),
+                ("iters", "steps", None),
+                ("latency_ms", "median ms/call", "{:.1f}"),
+                ("examples_per_s", "examples/s", "{:.1f}"),
+                ("load_before", "load (1/5/15 min)", None),
+            ],
+        )
+    )
     print(f"Written to {args.output}")
 
 

@@ -27,8 +27,12 @@ def throughput(dataset, batch_size, batches, warmup_batches=5):
         batch = next(it)
     elapsed = time.perf_counter() - start
     del batch
-    return {"examples_per_s": batches * batch_size / elapsed, "batches": batches, "seconds": elapsed,
-            "load_before": load}
+    return {
+        "examples_per_s": batches * batch_size / elapsed,
+        "batches": batches,
+        "seconds": elapsed,
+        "load_before": load,
+    }
 
 
 def main():
@@ -53,12 +57,25 @@ def main():
             ds = clevr.build_dataset(args.clevr, split, image_size=128, cache_dir=args.cache_dir, with_boxes=True)
             for _ in ds.take(1):
                 pass  # Builds the cache if it is missing (untimed).
-            rows.append({"dataset": f"clevr 128x128 state+boxes (cached uint8, {split})",
-                         **throughput(ds, args.batch_size, args.batches)})
+            rows.append(
+                {
+                    "dataset": f"clevr 128x128 state+boxes (cached uint8, {split})",
+                    **throughput(ds, args.batch_size, args.batches),
+                }
+            )
             print(rows[-1], flush=True)
     harness.write_json(args.output, {"benchmark": "input_pipeline", "machine": harness.machine(), "rows": rows})
-    print(harness.table(rows, [("dataset", "dataset", None), ("examples_per_s", "examples/s", "{:.0f}"),
-                              ("batches", "batches of 32", None), ("load_before", "load (1/5/15 min)", None)]))
+    print(
+        harness.table(
+            rows,
+            [
+                ("dataset", "dataset", None),
+                ("examples_per_s", "examples/s", "{:.0f}"),
+                ("batches", "batches of 32", None),
+                ("load_before", "load (1/5/15 min)", None),
+            ],
+        )
+    )
     print(f"Written to {args.output}")
 
 

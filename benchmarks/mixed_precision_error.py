@@ -23,6 +23,7 @@ def measure(config):
     import keras
     import numpy as np
     import tensorflow as tf
+
     from dspn_tf.training import per_sample_losses
 
     batch = train_step.random_batch(config, train_step.BATCH)
@@ -47,15 +48,19 @@ def measure(config):
     rows = []
     for policy in POLICIES[1:]:
         r = results[policy]
-        rows.append({
-            "config": config,
-            "policy": policy,
-            "loss_rel_error": abs(r["loss"] - reference["loss"]) / abs(reference["loss"]),
-            "inner_grad_norm_rel_error": float(np.max(np.abs(r["inner_grad"] - reference["inner_grad"])
-                                                      / np.abs(reference["inner_grad"]))),
-            "outer_grad_rel_error": float(np.linalg.norm(r["grad"] - reference["grad"])
-                                          / np.linalg.norm(reference["grad"])),
-        })
+        rows.append(
+            {
+                "config": config,
+                "policy": policy,
+                "loss_rel_error": abs(r["loss"] - reference["loss"]) / abs(reference["loss"]),
+                "inner_grad_norm_rel_error": float(
+                    np.max(np.abs(r["inner_grad"] - reference["inner_grad"]) / np.abs(reference["inner_grad"]))
+                ),
+                "outer_grad_rel_error": float(
+                    np.linalg.norm(r["grad"] - reference["grad"]) / np.linalg.norm(reference["grad"])
+                ),
+            }
+        )
     return rows
 
 
@@ -67,11 +72,18 @@ def main():
     configs = ("set_mnist", "clevr_decoder") if args.config == "all" else (args.config,)
     rows = [row for config in configs for row in measure(config)]
     harness.write_json(args.output, {"benchmark": "mixed_precision_error", "machine": harness.machine(), "rows": rows})
-    print(harness.table(rows, [
-        ("config", "config", None), ("policy", "policy", None), ("loss_rel_error", "loss rel. error", "{:.2e}"),
-        ("inner_grad_norm_rel_error", "inner grad norm max rel. error", "{:.2e}"),
-        ("outer_grad_rel_error", "outer gradient rel. error", "{:.2e}"),
-    ]))
+    print(
+        harness.table(
+            rows,
+            [
+                ("config", "config", None),
+                ("policy", "policy", None),
+                ("loss_rel_error", "loss rel. error", "{:.2e}"),
+                ("inner_grad_norm_rel_error", "inner grad norm max rel. error", "{:.2e}"),
+                ("outer_grad_rel_error", "outer gradient rel. error", "{:.2e}"),
+            ],
+        )
+    )
     print(json.dumps(rows))
 
 

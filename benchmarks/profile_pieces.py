@@ -26,6 +26,7 @@ def main():
 
     import keras
     import tensorflow as tf
+
     from dspn_tf import losses
     from dspn_tf.training import Trainer, per_sample_losses
 
@@ -88,11 +89,15 @@ def main():
     rows = []
     for name in wanted:
         fn = pieces[name]
-        timing = harness.time_calls(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn()), warmup=1,
-                                   repeats=args.repeats)
+        timing = harness.time_calls(
+            lambda: tf.nest.map_structure(lambda t: t.numpy(), fn()), warmup=1, repeats=args.repeats
+        )
         rows.append({"piece": name, **timing})
-        print(f"{name:28s} wall {timing['median_s']:.4f} s  cpu {timing['median_cpu_s']:.4f} s  "
-              f"load {timing['load_before']}", flush=True)
+        print(
+            f"{name:28s} wall {timing['median_s']:.4f} s  cpu {timing['median_cpu_s']:.4f} s  "
+            f"load {timing['load_before']}",
+            flush=True,
+        )
     print(json.dumps(rows))
 
 

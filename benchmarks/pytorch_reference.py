@@ -49,14 +49,17 @@ def import_torch():
     try:
         import torch
     except ImportError:
-        sys.exit("error: PyTorch is not installed; this benchmark needs it (dspn_tf itself does not).\n"
-                 "Install a CPU build with:  pip install torch==2.13.0   (or any CPU torch)")
+        sys.exit(
+            "error: PyTorch is not installed; this benchmark needs it (dspn_tf itself does not).\n"
+            "Install a CPU build with:  pip install torch==2.13.0   (or any CPU torch)"
+        )
     return torch
 
 
 # --------------------------------------------------------------------------------------------
 # Model (channels-first, as in the reference).
 # --------------------------------------------------------------------------------------------
+
 
 def build_modules(torch):
     """Defines the nn.Module classes once torch is importable."""
@@ -90,9 +93,12 @@ def build_modules(torch):
         def __init__(self, input_channels, dim, latent):
             super().__init__()
             self.conv = nn.Sequential(
-                nn.Conv1d(input_channels + 1, dim, 1), nn.ReLU(),
-                nn.Conv1d(dim, dim, 1), nn.ReLU(),
-                nn.Conv1d(dim, latent, 1))
+                nn.Conv1d(input_channels + 1, dim, 1),
+                nn.ReLU(),
+                nn.Conv1d(dim, dim, 1),
+                nn.ReLU(),
+                nn.Conv1d(dim, latent, 1),
+            )
             self.pool = FSPool(latent)
 
         def first_layer(self):
@@ -107,9 +113,7 @@ def build_modules(torch):
 
         def __init__(self, input_channels, dim, latent):
             super().__init__()
-            self.conv = nn.Sequential(
-                nn.Conv2d(2 * (input_channels + 1), dim, 1), nn.ReLU(),
-                nn.Conv2d(dim, latent, 1))
+            self.conv = nn.Sequential(nn.Conv2d(2 * (input_channels + 1), dim, 1), nn.ReLU(), nn.Conv2d(dim, latent, 1))
             self.pool = FSPool(latent)
 
         def first_layer(self):
@@ -118,9 +122,13 @@ def build_modules(torch):
         def forward(self, x, mask):
             e = torch.cat([x, mask.unsqueeze(1)], dim=1)  # (B, C+1, N)
             b, c, n = e.shape
-            pairs = torch.cat([e.unsqueeze(3).expand(b, c, n, n),   # e_i along dim 2
-                               e.unsqueeze(2).expand(b, c, n, n)],  # e_j along dim 3
-                              dim=1)
+            pairs = torch.cat(
+                [
+                    e.unsqueeze(3).expand(b, c, n, n),  # e_i along dim 2
+                    e.unsqueeze(2).expand(b, c, n, n),
+                ],  # e_j along dim 3
+                dim=1,
+            )
             h = self.conv(pairs).view(b, -1, n * n)
             return self.pool(h / (n * n))
 
@@ -143,8 +151,7 @@ def build_modules(torch):
             for _ in range(self.iters):
                 predicted = self.encoder(current_set, current_mask)
                 loss = F.smooth_l1_loss(predicted, z)  # mean over batch x latent, as the reference
-                set_grad, mask_grad = torch.autograd.grad(loss, [current_set, current_mask],
-                                                          create_graph=create_graph)
+                set_grad, mask_grad = torch.autograd.grad(loss, [current_set, current_mask], create_graph=create_graph)
                 current_set = current_set - self.lr * set_grad
                 current_mask = (current_mask - self.lr * mask_grad).clamp(0, 1)
                 sets.append(current_set)
@@ -165,6 +172,7 @@ def build_modules(torch):
 # --------------------------------------------------------------------------------------------
 # Losses (docs/algorithm.md §7).
 # --------------------------------------------------------------------------------------------
+
 
 def pairwise_cost(pred, target):
     """`(B, N_pred, N_target)`: Huber of pred_i - target_j averaged over features. Inputs `(B, F, N)`.
@@ -209,6 +217,7 @@ def hungarian(pred, target):
 # Configs.
 # --------------------------------------------------------------------------------------------
 
+
 def random_batch(config, batch_size, n=None, seed=0):
     """Numpy batch with the same generator, seed and layout as train_step.random_batch."""
     import numpy as np
@@ -232,8 +241,20 @@ def random_batch(config, batch_size, n=None, seed=0):
 class Step:
     """Model, optimiser and the batch of one config; `__call__` runs one training step."""
 
-    def __init__(self, torch, config, batch_size=BATCH, set_size=None, dim=None, latent=None,
-                 seed=0, dtype=None, create_graph=True, constant_z=False, repr_lambda=None):
+    def __init__(
+        self,
+        torch,
+        config,
+        batch_size=BATCH,
+        set_size=None,
+        dim=None,
+        latent=None,
+        seed=0,
+        dtype=None,
+        create_graph=True,
+        constant_z=False,
+        repr_lambda=None,
+    ):
         _, FSEncoder, RNFSEncoder, DSPN, xavier_init = build_modules(torch)
         torch.manual_seed(seed)
         self.torch = torch
@@ -308,6 +329,7 @@ class Step:
 # Checks, measurement, driver.
 # --------------------------------------------------------------------------------------------
 
+
 def check(torch):
     """Cheap correctness checks at small sizes; prints each result and returns True if all pass."""
     import itertools
@@ -325,13 +347,16 @@ def check(torch):
         e = np.abs(pred[b, :, i] - target[b, :, j])
         d[b, i, j] = np.where(e < 1, 0.5 * e * e, e - 0.5).mean()
     want_chamfer = np.mean(d.min(axis=1).mean(axis=1) + d.min(axis=2).mean(axis=1))
-    want_hungarian = np.mean([min(np.mean(d[b, range(5), perm]) for perm in itertools.permutations(range(5)))
-                              for b in range(2)])
+    want_hungarian = np.mean(
+        [min(np.mean(d[b, range(5), perm]) for perm in itertools.permutations(range(5))) for b in range(2)]
+    )
     got_chamfer = float(chamfer(torch.from_numpy(pred), torch.from_numpy(target)))
     got_hungarian = float(hungarian(torch.from_numpy(pred), torch.from_numpy(target)))
     losses_ok = np.isclose(got_chamfer, want_chamfer) and np.isclose(got_hungarian, want_hungarian)
-    print(f"losses vs brute force: chamfer {got_chamfer:.6f} / {want_chamfer:.6f}, "
-          f"hungarian {got_hungarian:.6f} / {want_hungarian:.6f}: {'ok' if losses_ok else 'MISMATCH'}")
+    print(
+        f"losses vs brute force: chamfer {got_chamfer:.6f} / {want_chamfer:.6f}, "
+        f"hungarian {got_hungarian:.6f} / {want_hungarian:.6f}: {'ok' if losses_ok else 'MISMATCH'}"
+    )
     ok &= bool(losses_ok)
     for config in CONFIGS:
         # 1. The step runs, the loss is finite and goes down over a few steps on a fixed batch.
@@ -347,14 +372,23 @@ def check(torch):
         # create_graph=True and absent without it.
         grads = {}
         for create_graph in (True, False):
-            s = Step(torch, config, batch_size=4, create_graph=create_graph, constant_z=True, repr_lambda=0.0,
-                     **small[config])
+            s = Step(
+                torch,
+                config,
+                batch_size=4,
+                create_graph=create_graph,
+                constant_z=True,
+                repr_lambda=0.0,
+                **small[config],
+            )
             s.loss().backward()
             grads[create_graph] = s.encoder.first_layer().weight.grad
         g_norm = float(grads[True].norm()) if grads[True] is not None else 0.0
         no_second = grads[False] is None or float(grads[False].norm()) == 0.0
-        print(f"[{config}] encoder first-layer grad via the inner loop only: |g| = {g_norm:.3e} "
-              f"(create_graph=True); without create_graph: {'none' if no_second else 'nonzero'}")
+        print(
+            f"[{config}] encoder first-layer grad via the inner loop only: |g| = {g_norm:.3e} "
+            f"(create_graph=True); without create_graph: {'none' if no_second else 'nonzero'}"
+        )
         ok &= g_norm > 0 and no_second
 
         # 3. That second-order gradient matches a central finite difference (float64, z held
@@ -373,8 +407,10 @@ def check(torch):
         minus = float(s.loss().detach())
         numeric = (plus - minus) / (2 * eps)
         rel = abs(analytic - numeric) / max(abs(numeric), 1e-12)
-        print(f"[{config}] directional derivative: autograd {analytic:.6e}, finite difference {numeric:.6e}, "
-              f"rel. error {rel:.1e}")
+        print(
+            f"[{config}] directional derivative: autograd {analytic:.6e}, finite difference {numeric:.6e}, "
+            f"rel. error {rel:.1e}"
+        )
         ok &= rel < 1e-4
     print("check: OK" if ok else "check: FAILED")
     return ok
@@ -420,8 +456,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=7, help="Timed steps; the median is reported.")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0: PyTorch's default.")
     parser.add_argument("--output", default="benchmarks/results/pytorch_reference.json")
-    parser.add_argument("--check", action="store_true",
-                        help="Run quick correctness checks at small sizes instead of timing.")
+    parser.add_argument(
+        "--check", action="store_true", help="Run quick correctness checks at small sizes instead of timing."
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch = import_torch()
@@ -434,15 +471,31 @@ def main():
     configs = CONFIGS if args.config == "all" else (args.config,)
     rows = []
     for config in configs:
-        row = harness.run_child("benchmarks.pytorch_reference", ["--child", f"--config={config}",
-                                f"--warmup={args.warmup}", f"--repeats={args.repeats}", f"--threads={args.threads}"])
+        row = harness.run_child(
+            "benchmarks.pytorch_reference",
+            [
+                "--child",
+                f"--config={config}",
+                f"--warmup={args.warmup}",
+                f"--repeats={args.repeats}",
+                f"--threads={args.threads}",
+            ],
+        )
         print(harness.step_line(f"{config:14s}", row), flush=True)
         rows.append(row)
     harness.write_json(args.output, {"benchmark": "pytorch_reference", "machine": rows[0]["machine"], "rows": rows})
-    print(harness.table(rows, [
-        ("config", "config", None), ("decoder", "decoder", None), ("torch", "torch", None),
-        ("threads", "threads", None), *harness.STEP_COLUMNS,
-    ]))
+    print(
+        harness.table(
+            rows,
+            [
+                ("config", "config", None),
+                ("decoder", "decoder", None),
+                ("torch", "torch", None),
+                ("threads", "threads", None),
+                *harness.STEP_COLUMNS,
+            ],
+        )
+    )
     print(f"Written to {args.output}")
 
 

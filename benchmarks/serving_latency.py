@@ -48,7 +48,6 @@ CHILD = textwrap.dedent("""
 
 
 def export_models(out):
-    import tensorflow as tf
 
     from dspn_tf import DSPN, RNFSEncoder
     from dspn_tf.export import export_model
@@ -60,10 +59,18 @@ def export_models(out):
     small = ImageToSet(ConvEncoder(128), DSPN(RNFSEncoder(dim=128, latent=128), set_size=10, set_channels=18))
     small.build_on_zeros((128, 128, 3))
     return {
-        "clevr_state_decoder_512": (export_model(clevr, os.path.join(out, "clevr512"), save_keras=False),
-                                    "decode", "z", [512]),
-        "default_cpu_image_model_128": (export_model(small, os.path.join(out, "small"), save_keras=False),
-                                        "serving_default", "image", [128, 128, 3]),
+        "clevr_state_decoder_512": (
+            export_model(clevr, os.path.join(out, "clevr512"), save_keras=False),
+            "decode",
+            "z",
+            [512],
+        ),
+        "default_cpu_image_model_128": (
+            export_model(small, os.path.join(out, "small"), save_keras=False),
+            "serving_default",
+            "image",
+            [128, 128, 3],
+        ),
     }
 
 
@@ -78,13 +85,20 @@ def main():
         print(f"== {name}: {signature} of {path}", flush=True)
         proc = subprocess.run(
             [sys.executable, "-I", "-c", CHILD, path, signature, input_name, json.dumps(shape), json.dumps(iters)],
-            capture_output=True, text=True, check=True, cwd=args.out,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=args.out,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
         rows = json.loads(proc.stdout.split("RESULT ", 1)[1])
         results[name] = rows
         for row in rows:
-            print(f"  iters {row['iters']:>2}  batch {row['batch']:>2}: {1000 * row['median_s']:9.1f} ms/call"
-                  f"  {row['per_second']:8.1f} sets/s  cpu {1000 * row['cpu_s']:9.1f} ms/call", flush=True)
+            print(
+                f"  iters {row['iters']:>2}  batch {row['batch']:>2}: {1000 * row['median_s']:9.1f} ms/call"
+                f"  {row['per_second']:8.1f} sets/s  cpu {1000 * row['cpu_s']:9.1f} ms/call",
+                flush=True,
+            )
     print(json.dumps({"load_average": os.getloadavg(), "results": results}, indent=1))
 
 

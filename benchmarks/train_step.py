@@ -56,8 +56,11 @@ def random_batch(config, batch_size, seed=0, image_size=128):
 
 
 # The paper's runs in configs/ that each benchmark config reads its settings from.
-FLAGFILES = {"set_mnist": "set_mnist_{decoder}.cfg", "clevr_decoder": "clevr_state_{decoder}.cfg",
-             "clevr_resnet": "clevr_state_{decoder}.cfg"}
+FLAGFILES = {
+    "set_mnist": "set_mnist_{decoder}.cfg",
+    "clevr_decoder": "clevr_state_{decoder}.cfg",
+    "clevr_resnet": "clevr_state_{decoder}.cfg",
+}
 FEATURES = 512  # Width of clevr_decoder's random "image" feature vector.
 
 
@@ -91,9 +94,14 @@ def build(config, decoder, iters=10, inner_gradient="unrolled"):
     run = run_config(config, decoder, iters, inner_gradient)
     if config == "clevr_decoder":
         if decoder == "dspn":
-            dec = DSPN(RNFSEncoder(run.dim, run.latent, n_pieces=run.n_pieces), config_lib.task(run).set_size,
-                       config_lib.task(run).set_channels, iters=run.iters, lr=run.inner_lr,
-                       **config_lib.dspn_options(run))
+            dec = DSPN(
+                RNFSEncoder(run.dim, run.latent, n_pieces=run.n_pieces),
+                config_lib.task(run).set_size,
+                config_lib.task(run).set_channels,
+                iters=run.iters,
+                lr=run.inner_lr,
+                **config_lib.dspn_options(run),
+            )
         else:
             dec = MLPDecoder(config_lib.task(run).set_size, config_lib.task(run).set_channels, run.decoder_dim)
         model = ImageToSet(keras.layers.Dense(run.latent, name="embed"), dec).build_on_zeros((FEATURES,))
@@ -105,6 +113,7 @@ def build(config, decoder, iters=10, inner_gradient="unrolled"):
 def measure(args):
     import keras
     import tensorflow as tf
+
     from dspn_tf.training import Trainer
 
     if args.intra_op_threads:
@@ -160,11 +169,19 @@ def main():
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps after the first (tracing) one.")
     parser.add_argument("--repeats", type=int, default=10, help="Timed steps; the median is reported.")
     parser.add_argument("--jit_compile", action="store_true", help="XLA-compile the train step.")
-    parser.add_argument("--mixed_precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
-                        default="float32", help="Keras dtype policy (the DSPN inner loop stays float32).")
+    parser.add_argument(
+        "--mixed_precision",
+        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+        default="float32",
+        help="Keras dtype policy (the DSPN inner loop stays float32).",
+    )
     parser.add_argument("--iters", type=int, nargs="+", default=[10], help="DSPN inner steps (one row each).")
-    parser.add_argument("--inner_gradient", choices=("unrolled", "implicit", "both"), default="unrolled",
-                        help="How the DSPN inner loop is differentiated ('both': a row each).")
+    parser.add_argument(
+        "--inner_gradient",
+        choices=("unrolled", "implicit", "both"),
+        default="unrolled",
+        help="How the DSPN inner loop is differentiated ('both': a row each).",
+    )
     parser.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default.")
     parser.add_argument("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default.")
     parser.add_argument("--profile_dir", default=None, help="Also write a TensorBoard profiler trace of 3 steps.")
@@ -178,16 +195,28 @@ def main():
     configs = CONFIGS if args.config == "all" else (args.config,)
     decoders = DECODERS if args.decoder == "all" else (args.decoder,)
     gradients = ("unrolled", "implicit") if args.inner_gradient == "both" else (args.inner_gradient,)
-    runs = [(config, decoder, iters, gradient) for config in configs for decoder in decoders
-            for iters in (args.iters if decoder == "dspn" else args.iters[:1])
-            for gradient in (gradients if decoder == "dspn" else gradients[:1])]
+    runs = [
+        (config, decoder, iters, gradient)
+        for config in configs
+        for decoder in decoders
+        for iters in (args.iters if decoder == "dspn" else args.iters[:1])
+        for gradient in (gradients if decoder == "dspn" else gradients[:1])
+    ]
     rows = []
     for config, decoder, iters, gradient in runs:
-        argv = ["--child", f"--config={config}", f"--decoder={decoder}",
-                f"--iters={iters}", f"--inner_gradient={gradient}",
-                f"--batch_size={args.batch_size}", f"--warmup={args.warmup}", f"--repeats={args.repeats}",
-                f"--mixed_precision={args.mixed_precision}", f"--intra_op_threads={args.intra_op_threads}",
-                f"--inter_op_threads={args.inter_op_threads}"]
+        argv = [
+            "--child",
+            f"--config={config}",
+            f"--decoder={decoder}",
+            f"--iters={iters}",
+            f"--inner_gradient={gradient}",
+            f"--batch_size={args.batch_size}",
+            f"--warmup={args.warmup}",
+            f"--repeats={args.repeats}",
+            f"--mixed_precision={args.mixed_precision}",
+            f"--intra_op_threads={args.intra_op_threads}",
+            f"--inter_op_threads={args.inter_op_threads}",
+        ]
         if args.jit_compile:
             argv.append("--jit_compile")
         if args.profile_dir:
@@ -196,11 +225,21 @@ def main():
         print(harness.step_line(f"{config:14s} {decoder:5s} {gradient:8s} {iters:3d}", row), flush=True)
         rows.append(row)
     harness.write_json(args.output, {"benchmark": "train_step", "machine": rows[0]["machine"], "rows": rows})
-    print(harness.table(rows, [
-        ("config", "config", None), ("decoder", "decoder", None), ("inner_gradient", "gradient", None),
-        ("iters", "iters", None), ("jit_compile", "XLA", None), ("policy", "dtype policy", None),
-        *harness.STEP_COLUMNS, ("step_rss_mib", "RSS growth in steps (MiB)", "{:.0f}"),
-    ]))
+    print(
+        harness.table(
+            rows,
+            [
+                ("config", "config", None),
+                ("decoder", "decoder", None),
+                ("inner_gradient", "gradient", None),
+                ("iters", "iters", None),
+                ("jit_compile", "XLA", None),
+                ("policy", "dtype policy", None),
+                *harness.STEP_COLUMNS,
+                ("step_rss_mib", "RSS growth in steps (MiB)", "{:.0f}"),
+            ],
+        )
+    )
     print(f"Written to {args.output}")
 
 

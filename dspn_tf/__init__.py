@@ -11,6 +11,17 @@ from dspn_tf.models import ImageToSet, SetAutoEncoder, build_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvEncoder", "DSPN", "FSEncoder", "FSPool", "ImageToSet", "LSTMDecoder", "MLPDecoder", "RNFSEncoder",
-    "ResNet18Encoder", "ResNet34Encoder", "SetAutoEncoder", "build_model", "losses",
+    "ConvEncoder",
+    "DSPN",
+    "FSEncoder",
+    "FSPool",
+    "ImageToSet",
+    "LSTMDecoder",
+    "MLPDecoder",
+    "RNFSEncoder",
+    "ResNet18Encoder",
+    "ResNet34Encoder",
+    "SetAutoEncoder",
+    "build_model",
+    "losses",
 ]

@@ -11,10 +11,7 @@ def positive_ints(name, **values):
 def set_and_mask(name, x, mask):
     """Raises ValueError unless `x` is `[batch, n, c]` and `mask` is `[batch, n]`."""
     if x.shape.rank != 3:
-        raise ValueError(
-            f"{name}: the set must have rank 3 [batch, set_size, features]; "
-            f"received shape {x.shape}."
-        )
+        raise ValueError(f"{name}: the set must have rank 3 [batch, set_size, features]; received shape {x.shape}.")
     if mask is None:
         return
     if mask.shape.rank != 2 or not mask.shape.is_compatible_with(x.shape[:2]):
@@ -26,12 +23,9 @@ def set_and_mask(name, x, mask):
 
 def features(name, x, expected):
     """Raises ValueError if the last dim of `x` differs from the built one."""
-    got = x.shape[-1]
-    if got is not None and expected is not None and got != expected:
-        raise ValueError(
-            f"{name} was built for {expected} features per element but "
-            f"received a set of shape {x.shape}."
-        )
+    received = x.shape[-1]
+    if received is not None and expected is not None and received != expected:
+        raise ValueError(f"{name} was built for {expected} features per element but received a set of shape {x.shape}.")
 
 
 def embedding(name, z, latent):
@@ -45,7 +39,9 @@ def embedding(name, z, latent):
 def choice(name, key, value, choices):
     """Raises ValueError unless `value` is one of `choices`."""
     if value not in choices:
-        raise ValueError(f"{name}: `{key}` must be one of {', '.join(repr(c) for c in choices)}; received {key}={value!r}.")
+        raise ValueError(
+            f"{name}: `{key}` must be one of {', '.join(repr(c) for c in choices)}; received {key}={value!r}."
+        )
 
 
 def positive_float(name, **values):

@@ -133,9 +133,25 @@ class DSPN(keras.layers.Layer):
     TensorShape([4, 4, 5, 2])
     """
 
-    def __init__(self, encoder, set_size, set_channels, iters=10, lr=25.0, *, gradient="unrolled",
-                 momentum=0.0, nesterov=True, clip=None, inner_loss="huber", starting_set="learned",
-                 start_regularizer=0.0, tolerance=None, seed=None, **kwargs):
+    def __init__(
+        self,
+        encoder,
+        set_size,
+        set_channels,
+        iters=10,
+        lr=25.0,
+        *,
+        gradient="unrolled",
+        momentum=0.0,
+        nesterov=True,
+        clip=None,
+        inner_loss="huber",
+        starting_set="learned",
+        start_regularizer=0.0,
+        tolerance=None,
+        seed=None,
+        **kwargs,
+    ):
         # The whole inner loop runs in the variable dtype (float32) under a
         # mixed-precision policy (see `_float32_compute`), so the decoder's own
         # policy is the variable dtype: a mixed one would make Keras read its
@@ -154,16 +170,7 @@ class DSPN(keras.layers.Layer):
         checks.choice("DSPN", "inner_loss", inner_loss, INNER_LOSSES)
         checks.choice("DSPN", "starting_set", starting_set, STARTING_SETS)
         checks.positive_float("DSPN", lr=lr)
-        if not 0.0 <= float(momentum) < 1.0:
-            raise ValueError(f"DSPN: `momentum` must be in [0, 1); received momentum={momentum!r}.")
-        if float(start_regularizer) < 0.0:
-            raise ValueError(f"DSPN: `start_regularizer` must be >= 0; received start_regularizer={start_regularizer!r}.")
-        if clip is not None:
-            checks.positive_float("DSPN", clip=clip)
-        if tolerance is not None:
-            checks.positive_float("DSPN", tolerance=tolerance)
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ValueError(f"DSPN: `seed` must be an integer or None; received seed={seed!r}.")
+        _check_inner_options(momentum, start_regularizer, clip, tolerance, seed)
         self.encoder = encoder
         self.set_size = set_size
         self.set_channels = set_channels
@@ -251,7 +258,9 @@ class DSPN(keras.layers.Layer):
         per_sample, set_grad, mask_grad = gradients
         grad_norm = tf.norm(tf.reshape(set_grad, [tf.shape(set_grad)[0], -1]), axis=1)  # Shape: [batch].
         if self.clip is not None:
-            total = tf.sqrt(tf.reduce_sum(tf.square(set_grad), axis=[1, 2]) + tf.reduce_sum(tf.square(mask_grad), axis=1))
+            total = tf.sqrt(
+                tf.reduce_sum(tf.square(set_grad), axis=[1, 2]) + tf.reduce_sum(tf.square(mask_grad), axis=1)
+            )
             scale = tf.stop_gradient(tf.minimum(1.0, self.clip / (total + _CLIP_EPSILON)))  # Shape: [batch].
             set_grad = set_grad * scale[:, None, None]
             mask_grad = mask_grad * scale[:, None]
@@ -282,8 +291,14 @@ class DSPN(keras.layers.Layer):
     def _initial_state(self, z, training):
         start_set, start_mask = self._start(z, training)
         batch = tf.shape(z)[0]
-        state = (start_set, start_mask, tf.zeros_like(start_set), tf.zeros_like(start_mask),
-                 tf.ones([batch], tf.bool), tf.zeros([batch], tf.int32))
+        state = (
+            start_set,
+            start_mask,
+            tf.zeros_like(start_set),
+            tf.zeros_like(start_mask),
+            tf.ones([batch], tf.bool),
+            tf.zeros([batch], tf.int32),
+        )
         return state, (start_set, start_mask)
 
     def call(self, inputs, iters=None, training=False):
@@ -298,13 +313,17 @@ class DSPN(keras.layers.Layer):
             iters = _checked_tensor_iters(iters)
         state, start = self._initial_state(z, training)
         if not training:
-            return self._looped(z, state, start, iters, training) if not static else self._unrolled(
-                z, state, start, iters, training, differentiable=False)
+            return (
+                self._looped(z, state, start, iters, training)
+                if not static
+                else self._unrolled(z, state, start, iters, training, differentiable=False)
+            )
         if self.gradient == "unrolled":
             if not static:
                 raise ValueError(
                     "DSPN: unrolled training differentiates through every inner step, which needs a Python int "
-                    f"`iters`; received a tensor ({iters!r}). Pass an int, or use gradient='implicit'.")
+                    f"`iters`; received a tensor ({iters!r}). Pass an int, or use gradient='implicit'."
+                )
             return self._unrolled(z, state, start, iters, training, differentiable=True)
         return self._implicit(z, state, start, iters, training)
 
@@ -373,8 +392,14 @@ class DSPN(keras.layers.Layer):
 
         def body(t, state, sets, masks, losses, norms):
             state, loss, norm = self._step(z, tf.nest.map_structure(tf.stop_gradient, state), start, training)
-            return (t + 1, state, sets.write(t + 1, state[0]), masks.write(t + 1, state[1]),
-                    losses.write(t, loss), norms.write(t, norm))
+            return (
+                t + 1,
+                state,
+                sets.write(t + 1, state[0]),
+                masks.write(t + 1, state[1]),
+                losses.write(t, loss),
+                norms.write(t, norm),
+            )
 
         def more(t, state, *_):
             if self.tolerance is None:
@@ -383,7 +408,8 @@ class DSPN(keras.layers.Layer):
             return tf.logical_and(t < iters, tf.reduce_any(state[4]))
 
         t, state, sets, masks, losses, norms = tf.while_loop(
-            more, body, (tf.constant(0), state, sets, masks, losses, norms))
+            more, body, (tf.constant(0), state, sets, masks, losses, norms)
+        )
         batch = tf.shape(z)[0]
 
         def padded(array, written, total):
@@ -399,8 +425,9 @@ class DSPN(keras.layers.Layer):
             # iters=0 call gets an explicit empty [0, batch] tensor.
             return tf.cond(t > 0, lambda: padded(array, t, iters), lambda: tf.zeros([0, batch], z.dtype))
 
-        out = decoder_output(padded(sets, t + 1, iters + 1), padded(masks, t + 1, iters + 1),
-                             per_step(losses), per_step(norms), state[5])
+        out = decoder_output(
+            padded(sets, t + 1, iters + 1), padded(masks, t + 1, iters + 1), per_step(losses), per_step(norms), state[5]
+        )
         return (out, state) if return_state else out
 
     def get_config(self):
@@ -446,6 +473,20 @@ def _float32_compute(encoder):
     finally:
         for layer, policy in zip(mixed, saved):
             layer.dtype_policy = policy
+
+
+def _check_inner_options(momentum, start_regularizer, clip, tolerance, seed):
+    """Raises ValueError naming the first out-of-range inner-loop option of `DSPN`."""
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"DSPN: `momentum` must be in [0, 1); received momentum={momentum!r}.")
+    if float(start_regularizer) < 0.0:
+        raise ValueError(f"DSPN: `start_regularizer` must be >= 0; received start_regularizer={start_regularizer!r}.")
+    if clip is not None:
+        checks.positive_float("DSPN", clip=clip)
+    if tolerance is not None:
+        checks.positive_float("DSPN", tolerance=tolerance)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError(f"DSPN: `seed` must be an integer or None; received seed={seed!r}.")
 
 
 def _check_iters(iters):

@@ -170,7 +170,9 @@ class ServingModule(tf.Module):
             # At least one step: DSPN's graph loop cannot stack its empty
             # per-step losses for iters = 0 with a dynamic batch.
             in_range = tf.logical_and(iters >= 1, iters <= max_iters)
-            check = tf.debugging.Assert(in_range, ["`iters` must be in [1, max_iters]; max_iters, iters:", max_iters, iters])
+            check = tf.debugging.Assert(
+                in_range, ["`iters` must be in [1, max_iters]; max_iters, iters:", max_iters, iters]
+            )
             with tf.control_dependencies([check]):
                 return tf.identity(iters)
 
@@ -232,7 +234,11 @@ def list_versions(export_base):
     """Sorted integer version numbers present in `export_base` (the ones TF Serving sees)."""
     if not os.path.isdir(export_base):
         return []
-    return sorted(int(name) for name in os.listdir(export_base) if name.isdigit() and os.path.isdir(os.path.join(export_base, name)))
+    return sorted(
+        int(name)
+        for name in os.listdir(export_base)
+        if name.isdigit() and os.path.isdir(os.path.join(export_base, name))
+    )
 
 
 def export_model(model, export_base, *, keep=None, all_steps=False, save_keras=True, image_size=None, max_iters=100):

@@ -20,8 +20,13 @@ def _conv(filters, kernel, stride, padding, use_bias, name):
         layers.append(keras.layers.ZeroPadding2D(padding, name=f"{name}_pad"))
     layers.append(
         keras.layers.Conv2D(
-            filters, kernel, strides=stride, padding="valid", use_bias=use_bias,
-            kernel_initializer="glorot_uniform", name=name,
+            filters,
+            kernel,
+            strides=stride,
+            padding="valid",
+            use_bias=use_bias,
+            kernel_initializer="glorot_uniform",
+            name=name,
         )
     )
     return layers
@@ -208,14 +213,17 @@ class ResNet18Encoder(keras.layers.Layer):
         height, width = input_shape[1], input_shape[2]
         if height is None or width is None or height % 64 or width % 64:
             raise ValueError(
-                f"ResNet18Encoder: image height and width must be known multiples of 64; received {input_shape}.")
+                f"ResNet18Encoder: image height and width must be known multiples of 64; received {input_shape}."
+            )
         side = (height // 64) * (width // 64)
         if self.latent % side:
             raise ValueError(
                 f"ResNet18Encoder: `latent` must be divisible by {side} (the head's {height // 64}×{width // 64} "
-                f"output) at {height}×{width} px; received latent={self.latent}.")
+                f"output) at {height}×{width} px; received latent={self.latent}."
+            )
         self.head_conv = keras.layers.Conv2D(
-            self.latent // side, 2, strides=2, padding="valid", kernel_initializer="glorot_uniform", name="head_conv")
+            self.latent // side, 2, strides=2, padding="valid", kernel_initializer="glorot_uniform", name="head_conv"
+        )
         shape = _build_chain(self.stem + self.blocks, input_shape)
         _build_chain([self.head_bn, self.head_conv, self.flatten], shape)
 

@@ -144,10 +144,12 @@ def _chamfer_pairs(pred, target):
         up = upstream[:, None, None]
         # Term mean_j min_i: target j pulls on its nearest prediction arg_i[j].
         g_to = _huber_grad(tf.gather(pred, arg_i, batch_dims=1) - target) * (
-            up / (features * tf.cast(m, dtype)))  # Shape: [k, m, F].
+            up / (features * tf.cast(m, dtype))
+        )  # Shape: [k, m, F].
         # Term mean_i min_j: prediction i pulls on its nearest target arg_j[i].
         g_from = _huber_grad(pred - tf.gather(target, arg_j, batch_dims=1)) * (
-            up / (features * tf.cast(n, dtype)))  # Shape: [k, n, F].
+            up / (features * tf.cast(n, dtype))
+        )  # Shape: [k, n, F].
         d_pred = _scatter_add(g_to, arg_i, n) + g_from
         d_target = -g_to - _scatter_add(g_from, arg_j, m)
         return d_pred, d_target

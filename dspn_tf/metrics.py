@@ -40,7 +40,8 @@ else:
     # This file loaded on its own (it needs only NumPy; the package's __init__
     # imports TensorFlow): read the layout from its sibling file the same way.
     _spec = importlib.util.spec_from_file_location(
-        "clevr_layout", os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "clevr_layout.py"))
+        "clevr_layout", os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "clevr_layout.py")
+    )
     clevr_layout = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(clevr_layout)
 
@@ -75,7 +76,7 @@ def interpolated_average_precision(recall, precision):
     precision = np.asarray(precision, dtype=np.float64)
     if recall.ndim != 1 or recall.shape != precision.shape:
         raise ValueError(
-            "`recall` and `precision` must be 1-D arrays of the same length, got "
+            "`recall` and `precision` must be 1-D arrays of the same length; received "
             f"shapes {recall.shape} and {precision.shape}."
         )
     mrec = np.concatenate([[0.0], recall, [1.0]])
@@ -109,9 +110,7 @@ def state_average_precision(pred, scores, target, target_mask, threshold):
     Returns:
         AP as a float in [0, 1].
     """
-    return state_ap_table(pred, scores, target, target_mask, thresholds=(threshold,))[
-        float(threshold)
-    ]
+    return state_ap_table(pred, scores, target, target_mask, thresholds=(threshold,))[float(threshold)]
 
 
 def box_average_precision(pred, scores, target, target_mask, iou_threshold):
@@ -137,31 +136,22 @@ def box_average_precision(pred, scores, target, target_mask, iou_threshold):
     Returns:
         AP as a float in [0, 1].
     """
-    return box_ap_table(
-        pred, scores, target, target_mask, thresholds=(iou_threshold,)
-    )[float(iou_threshold)]
+    return box_ap_table(pred, scores, target, target_mask, thresholds=(iou_threshold,))[float(iou_threshold)]
 
 
-def state_ap_table(
-    pred, scores, target, target_mask, thresholds=DEFAULT_STATE_THRESHOLDS
-):
+def state_ap_table(pred, scores, target, target_mask, thresholds=DEFAULT_STATE_THRESHOLDS):
     """State AP at several distance thresholds, `{threshold: ap}`.
 
     Same arguments and definition as `state_average_precision`; the matching
     is computed once and shared by all thresholds. Keys are `float(threshold)`.
     """
-    pred, scores, target, target_mask = _check_inputs(
-        pred, scores, target, target_mask, STATE_FEATURES, "state"
-    )
+    pred, scores, target, target_mask = _check_inputs(pred, scores, target, target_mask, STATE_FEATURES, "state")
     thresholds = [_check_threshold(t, "threshold", upper=np.inf) for t in thresholds]
     best, distance = _state_best_candidates(pred, target, target_mask)
     # Infinite distance means "no candidate", which must fail even threshold inf.
     has_candidate = np.isfinite(distance)
     num_positives = int(np.count_nonzero(target_mask > 0.5))
-    return {
-        t: _average_precision(scores, best, has_candidate & (distance <= t), num_positives)
-        for t in thresholds
-    }
+    return {t: _average_precision(scores, best, has_candidate & (distance <= t), num_positives) for t in thresholds}
 
 
 def box_ap_table(pred, scores, target, target_mask, thresholds=DEFAULT_BOX_THRESHOLDS):
@@ -170,16 +160,11 @@ def box_ap_table(pred, scores, target, target_mask, thresholds=DEFAULT_BOX_THRES
     Same arguments and definition as `box_average_precision`; the IoUs are
     computed once and shared by all thresholds. Keys are `float(threshold)`.
     """
-    pred, scores, target, target_mask = _check_inputs(
-        pred, scores, target, target_mask, BOX_FEATURES, "box"
-    )
+    pred, scores, target, target_mask = _check_inputs(pred, scores, target, target_mask, BOX_FEATURES, "box")
     thresholds = [_check_threshold(t, "iou_threshold", upper=1.0) for t in thresholds]
     best, iou = _box_best_candidates(pred, target, target_mask)
     num_positives = int(np.count_nonzero(target_mask > 0.5))
-    return {
-        t: _average_precision(scores, best, iou >= t, num_positives)
-        for t in thresholds
-    }
+    return {t: _average_precision(scores, best, iou >= t, num_positives) for t in thresholds}
 
 
 def box_iou(boxes_a, boxes_b):
@@ -266,36 +251,31 @@ def _check_inputs(pred, scores, target, target_mask, num_features, kind):
     target_mask = np.asarray(target_mask, dtype=np.float64)
     if pred.ndim != 3 or pred.shape[-1] != num_features:
         raise ValueError(
-            f"`pred` must have shape [images, slots, {num_features}] for {kind} AP, "
-            f"got shape {pred.shape}."
+            f"`pred` must have shape [images, slots, {num_features}] for {kind} AP, received shape {pred.shape}."
         )
     if target.ndim != 3 or target.shape[-1] != num_features:
         raise ValueError(
             f"`target` must have shape [images, max_objects, {num_features}] for "
-            f"{kind} AP, got shape {target.shape}."
+            f"{kind} AP; received shape {target.shape}."
         )
     if scores.shape != pred.shape[:2]:
         raise ValueError(
             f"`scores` must have shape [images, slots] = {pred.shape[:2]} to match "
-            f"`pred` of shape {pred.shape}, got shape {scores.shape}."
+            f"`pred` of shape {pred.shape}; received shape {scores.shape}."
         )
     if target.shape[0] != pred.shape[0]:
         raise ValueError(
-            f"`pred` and `target` must have the same number of images, got shapes "
-            f"{pred.shape} and {target.shape}."
+            f"`pred` and `target` must have the same number of images; received shapes {pred.shape} and {target.shape}."
         )
     if target_mask.shape != target.shape[:2]:
         raise ValueError(
             f"`target_mask` must have shape [images, max_objects] = {target.shape[:2]} "
-            f"to match `target` of shape {target.shape}, got shape {target_mask.shape}."
+            f"to match `target` of shape {target.shape}; received shape {target_mask.shape}."
         )
     if np.isnan(scores).any():
         raise ValueError("`scores` contains NaN; detections cannot be ranked.")
     if not np.any(target_mask > 0.5):
-        raise ValueError(
-            "`target_mask` has no real ground truth (no entry > 0.5), so recall "
-            "and AP are undefined."
-        )
+        raise ValueError("`target_mask` has no real ground truth (no entry > 0.5), so recall and AP are undefined.")
     return pred, scores, target, target_mask
 
 
@@ -303,7 +283,7 @@ def _check_threshold(value, name, upper):
     value = float(value)
     if name == "iou_threshold":
         if not 0.0 < value <= upper:
-            raise ValueError(f"`{name}` must be in (0, 1], got {value}.")
+            raise ValueError(f"`{name}` must be in (0, 1]; received {value}.")
     elif not value >= 0.0:  # Also rejects NaN.
-        raise ValueError(f"`{name}` must be >= 0 or np.inf, got {value}.")
+        raise ValueError(f"`{name}` must be >= 0 or np.inf; received {value}.")
     return value

@@ -67,8 +67,9 @@ class SetAutoEncoder(keras.Model):
             KeyError: naming `set_key` and the batch's keys if the set is missing.
         """
         if set_key not in batch:
-            raise KeyError(f"SetAutoEncoder: the batch has no set {set_key!r} for the auto-encoder; "
-                           f"its keys are {sorted(batch)}.")
+            raise KeyError(
+                f"SetAutoEncoder: the batch has no set {set_key!r} for the auto-encoder; its keys are {sorted(batch)}."
+            )
         return {"set": batch[set_key], "mask": batch["mask"]}
 
     def embed(self, *inputs, training=False):
@@ -150,7 +151,8 @@ class ImageToSet(keras.Model):
             shape = (getattr(self, "_build_shapes_dict", None) or {}).get("input_shape")
             if shape is None or len(shape) != 4 or shape[1] is None or shape[2] is None:
                 raise ValueError(
-                    "ServingModule: cannot tell the image size of this ImageToSet; pass image_size=(height, width).")
+                    "ServingModule: cannot tell the image size of this ImageToSet; pass image_size=(height, width)."
+                )
             image_size = shape[1:3]
         height, width = (int(side) for side in image_size)
         return [tf.TensorSpec([None, height, width, 3], tf.float32, name="image")]
@@ -177,9 +179,23 @@ def is_set_model(obj):
     return isinstance(obj, (SetAutoEncoder, ImageToSet))
 
 
-def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, decoder_dim=None,
-                set_encoder=None, image_encoder="conv", iters=10, inner_lr=25.0, n_pieces=20, dspn_options=None,
-                input_shape=None):
+def build_model(
+    task,
+    *,
+    decoder="dspn",
+    set_size,
+    set_channels,
+    dim,
+    latent,
+    decoder_dim=None,
+    set_encoder=None,
+    image_encoder="conv",
+    iters=10,
+    inner_lr=25.0,
+    n_pieces=20,
+    dspn_options=None,
+    input_shape=None,
+):
     """Builds the model of one of the paper's tasks from plain settings.
 
     Args:
@@ -207,14 +223,40 @@ def build_model(task, *, decoder="dspn", set_size, set_channels, dim, latent, de
     Returns:
         A `SetAutoEncoder` or `ImageToSet`.
     """
-    model = _assemble(task, decoder=decoder, set_size=set_size, set_channels=set_channels, dim=dim, latent=latent,
-                      decoder_dim=decoder_dim, set_encoder=set_encoder, image_encoder=image_encoder, iters=iters,
-                      inner_lr=inner_lr, n_pieces=n_pieces, dspn_options=dspn_options)
+    model = _assemble(
+        task,
+        decoder=decoder,
+        set_size=set_size,
+        set_channels=set_channels,
+        dim=dim,
+        latent=latent,
+        decoder_dim=decoder_dim,
+        set_encoder=set_encoder,
+        image_encoder=image_encoder,
+        iters=iters,
+        inner_lr=inner_lr,
+        n_pieces=n_pieces,
+        dspn_options=dspn_options,
+    )
     return model if input_shape is None else model.build_on_zeros(tuple(input_shape))
 
 
-def _assemble(task, *, decoder, set_size, set_channels, dim, latent, decoder_dim, set_encoder, image_encoder,
-              iters, inner_lr, n_pieces, dspn_options):
+def _assemble(
+    task,
+    *,
+    decoder,
+    set_size,
+    set_channels,
+    dim,
+    latent,
+    decoder_dim,
+    set_encoder,
+    image_encoder,
+    iters,
+    inner_lr,
+    n_pieces,
+    dspn_options,
+):
     """The unbuilt model of `build_model`."""
     # Imported here to keep this module importable without a cycle.
     from dspn_tf.baselines import LSTMDecoder, MLPDecoder

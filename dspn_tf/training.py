@@ -78,8 +78,9 @@ class Trainer:
             the host, so XLA only applies to Chamfer runs).
     """
 
-    def __init__(self, model, optimizer, settings, *, global_batch_size, strategy=None,
-                 run_eagerly=False, jit_compile=False):
+    def __init__(
+        self, model, optimizer, settings, *, global_batch_size, strategy=None, run_eagerly=False, jit_compile=False
+    ):
         self.model = model
         self.optimizer = optimizer
         self.settings = settings
@@ -89,7 +90,8 @@ class Trainer:
         if settings.all_steps and getattr(decoder, "gradient", "unrolled") == "implicit":
             raise ValueError(
                 "Trainer: a DSPN with gradient='implicit' carries gradients on its final step only, so the set "
-                "loss cannot average over all steps; use LossSettings(all_steps=False) (flag --noloss_all_steps).")
+                "loss cannot average over all steps; use LossSettings(all_steps=False) (flag --noloss_all_steps)."
+            )
         self.traces = 0
         self.workers, self.worker_index, self.local_replicas = workers(self.strategy)
         step = self._distributed_step
@@ -120,7 +122,6 @@ class Trainer:
         self.traces += 1  # Python side effect: counts traces (one per distinct `iters`), not calls.
         per_replica = self.strategy.run(self._replica_step, args=(batch,), kwargs={"iters": iters})
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
-
 
 
 def cluster_task(strategy):
@@ -159,6 +160,6 @@ def split_for_replicas(strategy, batch, global_batch_size):
 
     def slice_for(context):
         i = context.replica_id_in_sync_group % local
-        return tf.nest.map_structure(lambda t: t[i * per_replica:(i + 1) * per_replica], batch)
+        return tf.nest.map_structure(lambda t: t[i * per_replica : (i + 1) * per_replica], batch)
 
     return strategy.experimental_distribute_values_from_function(slice_for)

@@ -29,7 +29,7 @@ def _points_panel(points, mask, size):
     # Draw faint points first so confident ones stay visible on top.
     for i in np.argsort(mask):
         r, c = rc[i]
-        panel[r:r + 2, c:c + 2] = np.minimum(panel[r:r + 2, c:c + 2], 255.0 * (1.0 - mask[i]))
+        panel[r : r + 2, c : c + 2] = np.minimum(panel[r : r + 2, c : c + 2], 255.0 * (1.0 - mask[i]))
     return np.repeat(panel.astype(np.uint8)[..., None], 3, axis=-1)
 
 
@@ -58,7 +58,7 @@ def _draw_box(canvas, box, color, alpha):
     xs = slice(max(x0, 0), min(x1, w - 1) + 1)
     ys = slice(max(y0, 0), min(y1, h - 1) + 1)
     color = np.asarray(color, np.float64)
-    for (rows, cols) in (
+    for rows, cols in (
         (slice(max(y0, 0), max(y0, 0) + 1), xs),
         (slice(min(y1, h - 1), min(y1, h - 1) + 1), xs),
         (ys, slice(max(x0, 0), max(x0, 0) + 1)),
@@ -104,12 +104,14 @@ def state_table(pred, pred_mask, target, target_mask, names):
         coords = ", ".join(f"{COORD_SCALE * v:.2f}" for v in row[COORDS])
         words, start = [], COORDS.stop
         for _, values in names:
-            words.append(values[int(np.argmax(row[start:start + len(values)]))])
+            words.append(values[int(np.argmax(row[start : start + len(values)]))])
             start += len(values)
         return coords, " ".join(words)
 
-    lines = ["| slot | mask | predicted (x, y, z) | predicted object | true (x, y, z) | true object |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| slot | mask | predicted (x, y, z) | predicted object | true (x, y, z) | true object |",
+        "|---|---|---|---|---|---|",
+    ]
     # Pair each true object with a predicted slot by the nearest-position
     # matching, so a row compares a prediction with the object it stands for.
     real = np.flatnonzero(np.asarray(target_mask) > 0.5)
@@ -125,8 +127,14 @@ def state_table(pred, pred_mask, target, target_mask, names):
 
 # sRGB colours of CLEVR's properties.json, in the order of the state's colour one-hot.
 _CLEVR_RGB = {
-    "cyan": (41, 208, 208), "blue": (42, 75, 215), "yellow": (255, 238, 51), "purple": (129, 38, 192),
-    "red": (173, 35, 35), "green": (29, 105, 20), "gray": (87, 87, 87), "brown": (129, 74, 25),
+    "cyan": (41, 208, 208),
+    "blue": (42, 75, 215),
+    "yellow": (255, 238, 51),
+    "purple": (129, 38, 192),
+    "red": (173, 35, 35),
+    "green": (29, 105, 20),
+    "gray": (87, 87, 87),
+    "brown": (129, 74, 25),
 }
 _CLEVR_RADIUS = {"large": 0.7, "small": 0.35}  # CLEVR's object "radius" in scene units.
 
@@ -135,7 +143,7 @@ def _attributes(row, names):
     """{group: value} of the argmax of each one-hot group of a state row."""
     out, start = {}, COORDS.stop
     for group, values in names:
-        out[group] = values[int(np.argmax(row[start:start + len(values)]))]
+        out[group] = values[int(np.argmax(row[start : start + len(values)]))]
         start += len(values)
     return out
 
@@ -156,7 +164,7 @@ def _objects_panel(states, mask, names, size, extent):
     scale = size / (2.0 * extent)  # Pixels per scene unit.
     # The [-3, 3]^2 area where CLEVR places objects, as a faint frame.
     lo, hi = int(round((extent - 3.0) * scale)), int(round((extent + 3.0) * scale)) - 1
-    canvas[lo:hi + 1, [lo, hi]] = canvas[[lo, hi], lo:hi + 1] = 200.0
+    canvas[lo : hi + 1, [lo, hi]] = canvas[[lo, hi], lo : hi + 1] = 200.0
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     mask = np.clip(np.asarray(mask, np.float64), 0.0, 1.0)
     # Faint slots first, so confident ones are drawn on top.
@@ -201,12 +209,15 @@ def state_progression(states, masks, target, target_mask, names, size=160, exten
     """
     states, target = np.asarray(states), np.asarray(target)
     if states.ndim != 3 or target.ndim != 2 or states.shape[-1] != target.shape[-1]:
-        raise ValueError(f"state_progression: expected states [steps, N, C] and target [M, C]; received "
-                         f"{states.shape} and {target.shape}.")
+        raise ValueError(
+            f"state_progression: expected states [steps, N, C] and target [M, C]; received "
+            f"{states.shape} and {target.shape}."
+        )
     expected = 3 + sum(len(v) for _, v in names)
     if states.shape[-1] != expected:
-        raise ValueError(f"state_progression: states have {states.shape[-1]} features, but the attribute groups "
-                         f"need {expected}.")
+        raise ValueError(
+            f"state_progression: states have {states.shape[-1]} features, but the attribute groups need {expected}."
+        )
     panels = [_objects_panel(s, m, names, size, extent) for s, m in zip(states, masks)]
     panels.append(_objects_panel(target, target_mask, names, size, extent))
     return _row(panels)

@@ -143,9 +143,11 @@ def test_resnet34_shape_and_parameter_count(rng):
     images = rng.random((2, 128, 128, 3)).astype(np.float32)
     assert encoder(images).shape == (2, latent)
     head = (
-        3 * 3 * 512 * 512 + 512  # Conv 3×3 stride 2 (512) with bias: 4×4 → 2×2.
+        3 * 3 * 512 * 512
+        + 512  # Conv 3×3 stride 2 (512) with bias: 4×4 → 2×2.
         + 2 * 512  # BatchNorm gamma and beta (moving statistics are not parameters in torch either).
-        + 2 * 2 * 512 * latent + latent  # Conv 2×2 (latent) with bias: 2×2 → 1×1.
+        + 2 * 2 * 512 * latent
+        + latent  # Conv 2×2 (latent) with bias: 2×2 → 1×1.
     )
     trainable = sum(int(np.prod(w.shape)) for w in encoder.trainable_weights)
     assert trainable == TORCHVISION_RESNET34_WITHOUT_FC + head

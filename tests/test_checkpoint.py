@@ -17,8 +17,17 @@ KINDS = [
 
 
 def _built(task, decoder, set_encoder, image_encoder):
-    model = build_model(task, decoder=decoder, set_size=5, set_channels=3, dim=8, latent=8,
-                        set_encoder=set_encoder, image_encoder=image_encoder, iters=1)
+    model = build_model(
+        task,
+        decoder=decoder,
+        set_size=5,
+        set_channels=3,
+        dim=8,
+        latent=8,
+        set_encoder=set_encoder,
+        image_encoder=image_encoder,
+        iters=1,
+    )
     if task == "autoencoder":
         model({"set": tf.zeros([1, 5, 3]), "mask": tf.ones([1, 5])}, iters=0)
     else:

@@ -14,15 +14,33 @@ from dspn_tf.data import clevr, image_cache
 # directions.right = (cos, sin, 0) with cos = 0.6, sin = 0.8: round numbers.
 DIRECTIONS = {"right": [0.6, 0.8, 0.0], "behind": [-0.8, 0.6, 0.0]}
 
-SPHERE = {"shape": "sphere", "size": "small", "material": "rubber",
-          "color": "cyan", "3d_coords": [1.5, -3.0, 0.35],
-          "pixel_coords": [240, 160, 10.0], "rotation": 10.0}
-CUBE = {"shape": "cube", "size": "large", "material": "metal", "color": "red",
-        "3d_coords": [0.0, 2.0, 0.7], "pixel_coords": [300, 100, 12.0],
-        "rotation": 20.0}
-CYLINDER = {"shape": "cylinder", "size": "large", "material": "rubber",
-            "color": "brown", "3d_coords": [-2.0, 1.0, 0.7],
-            "pixel_coords": [120, 200, 9.0], "rotation": 30.0}
+SPHERE = {
+    "shape": "sphere",
+    "size": "small",
+    "material": "rubber",
+    "color": "cyan",
+    "3d_coords": [1.5, -3.0, 0.35],
+    "pixel_coords": [240, 160, 10.0],
+    "rotation": 10.0,
+}
+CUBE = {
+    "shape": "cube",
+    "size": "large",
+    "material": "metal",
+    "color": "red",
+    "3d_coords": [0.0, 2.0, 0.7],
+    "pixel_coords": [300, 100, 12.0],
+    "rotation": 20.0,
+}
+CYLINDER = {
+    "shape": "cylinder",
+    "size": "large",
+    "material": "rubber",
+    "color": "brown",
+    "3d_coords": [-2.0, 1.0, 0.7],
+    "pixel_coords": [120, 200, 9.0],
+    "rotation": 30.0,
+}
 
 
 def _hand_boxes():
@@ -41,18 +59,19 @@ def _hand_boxes():
     h_u = h0 * (s * (6.4 / d + 1)) / ((s * (6.4 / d + 1)) - (s * (6.4 - s) / d))
     h_d = h_u * (6.4 - s + d) / (6.4 + s + d)
     w = h0 * 11 / (10 + 0.92)
-    cylinder = [(120 - w) / 480, (200 - h_d) / 320, (120 + w) / 480,
-                (200 + h_u) / 320]
+    cylinder = [(120 - w) / 480, (200 - h_d) / 320, (120 + w) / 480, (200 + h_u) / 320]
     return np.array([sphere, cube, cylinder])
 
 
 # 3d_coords / 3, material [rubber, metal], color [cyan, blue, yellow, purple,
 # red, green, gray, brown], shape [sphere, cube, cylinder], size [large, small].
-HAND_STATES = np.array([
-    [0.5, -1.0, 0.35 / 3, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
-    [0.0, 2 / 3, 0.7 / 3, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0],
-    [-2 / 3, 1 / 3, 0.7 / 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 0],
-])
+HAND_STATES = np.array(
+    [
+        [0.5, -1.0, 0.35 / 3, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [0.0, 2 / 3, 0.7 / 3, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0],
+        [-2 / 3, 1 / 3, 0.7 / 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 0],
+    ]
+)
 
 
 def test_object_state_and_box_by_hand():
@@ -66,8 +85,7 @@ def test_object_state_and_box_by_hand():
 
 
 def test_scene_state_and_boxes_pad_in_scene_order():
-    scene = {"image_filename": "x.png", "directions": DIRECTIONS,
-             "objects": [CUBE, SPHERE, CYLINDER]}
+    scene = {"image_filename": "x.png", "directions": DIRECTIONS, "objects": [CUBE, SPHERE, CYLINDER]}
     state, mask = clevr.scene_state(scene)
     boxes, box_mask = clevr.scene_boxes(scene)
     assert state.shape == (10, 18) and boxes.shape == (10, 4)
@@ -86,9 +104,14 @@ N_SCENES = 5
 
 
 def _scene(k):
-    objects = [copy.deepcopy(o) for o in (SPHERE, CUBE, CYLINDER)][:1 + k % 3]
-    return {"image_index": k, "image_filename": f"CLEVR_train_{k:06d}.png",
-            "split": "train", "directions": DIRECTIONS, "objects": objects}
+    objects = [copy.deepcopy(o) for o in (SPHERE, CUBE, CYLINDER)][: 1 + k % 3]
+    return {
+        "image_index": k,
+        "image_filename": f"CLEVR_train_{k:06d}.png",
+        "split": "train",
+        "directions": DIRECTIONS,
+        "objects": objects,
+    }
 
 
 def _write_png(path, value, size=(32, 48)):
@@ -147,8 +170,7 @@ def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     writes = []
     real_write = image_cache.write
-    monkeypatch.setattr(image_cache, "write",
-                        lambda *a, **k: writes.append(a[0]) or real_write(*a, **k))
+    monkeypatch.setattr(image_cache, "write", lambda *a, **k: writes.append(a[0]) or real_write(*a, **k))
 
     _read(root, tmp_path, image_size=16)
     _read(root, tmp_path, image_size=16)
@@ -258,8 +280,7 @@ def test_oversized_scene_raises_or_is_skipped(tmp_path):
     scenes = [_scene(k) for k in range(3)]
     scenes[1]["objects"] = [copy.deepcopy(SPHERE) for _ in range(11)]
     root = _make_folder(tmp_path, scenes)
-    with pytest.raises(clevr.OversizedSceneError,
-                       match=r"CLEVR_train_000001.png.*11 objects"):
+    with pytest.raises(clevr.OversizedSceneError, match=r"CLEVR_train_000001.png.*11 objects"):
         _read(root, tmp_path)
     examples = _read(root, tmp_path, skip_oversized=True, image_size=16)
     assert len(examples) == 2
@@ -301,9 +322,11 @@ def test_tfds_state_exact_and_boxes_refused(tmp_path):
     with tfds.testing.mock_data(as_dataset_fn=_tfds_as_dataset):
         with pytest.raises(ValueError, match="allow_approximate_boxes"):
             clevr.build_dataset("tfds", "train", data_dir=str(tmp_path / "tfds"))
-        examples = list(clevr.build_dataset(
-            "tfds", "train", with_boxes=False, data_dir=str(tmp_path / "tfds"),
-            cache_dir=str(tmp_path / "cache")).as_numpy_iterator())
+        examples = list(
+            clevr.build_dataset(
+                "tfds", "train", with_boxes=False, data_dir=str(tmp_path / "tfds"), cache_dir=str(tmp_path / "cache")
+            ).as_numpy_iterator()
+        )
     assert len(examples) == 2
     assert "boxes" not in examples[0]
     np.testing.assert_allclose(examples[0]["state"][:3], HAND_STATES, atol=1e-6)
@@ -314,11 +337,17 @@ def test_tfds_state_exact_and_boxes_refused(tmp_path):
 
 def test_tfds_approximate_boxes_use_nominal_camera(tmp_path):
     with tfds.testing.mock_data(as_dataset_fn=_tfds_as_dataset):
-        examples = list(clevr.build_dataset(
-            "tfds", "validation", allow_approximate_boxes=True, use_cache=False,
-            image_size=16, data_dir=str(tmp_path / "tfds")).as_numpy_iterator())
-    expected = [clevr.object_box(o, clevr.NOMINAL_RIGHT)
-                for o in (SPHERE, CUBE, CYLINDER)]
+        examples = list(
+            clevr.build_dataset(
+                "tfds",
+                "validation",
+                allow_approximate_boxes=True,
+                use_cache=False,
+                image_size=16,
+                data_dir=str(tmp_path / "tfds"),
+            ).as_numpy_iterator()
+        )
+    expected = [clevr.object_box(o, clevr.NOMINAL_RIGHT) for o in (SPHERE, CUBE, CYLINDER)]
     np.testing.assert_allclose(examples[1]["boxes"][:3], expected, atol=1e-6)
     np.testing.assert_array_equal(examples[1]["boxes"][3:], 0)
 
@@ -326,11 +355,8 @@ def test_tfds_approximate_boxes_use_nominal_camera(tmp_path):
 def test_tfds_oversized_scene_named_or_skipped(tmp_path):
     # (tfds.testing.mock_data's random examples are not used: its random
     # `objects` sequences come out with mismatched lengths now and then.)
-    kwargs = dict(with_boxes=False, use_cache=False, image_size=16,
-                  max_objects=2, data_dir=str(tmp_path / "tfds"))
+    kwargs = dict(with_boxes=False, use_cache=False, image_size=16, max_objects=2, data_dir=str(tmp_path / "tfds"))
     with tfds.testing.mock_data(as_dataset_fn=_tfds_as_dataset):
-        assert not list(clevr.build_dataset("tfds", "train", skip_oversized=True,
-                                            **kwargs))
-        with pytest.raises(tf.errors.OpError,
-                           match="CLEVR_train_000000.png has 3 objects"):
+        assert not list(clevr.build_dataset("tfds", "train", skip_oversized=True, **kwargs))
+        with pytest.raises(tf.errors.OpError, match="CLEVR_train_000000.png has 3 objects"):
             list(clevr.build_dataset("tfds", "train", **kwargs))

@@ -16,8 +16,7 @@ NUM_TRAIN, NUM_VAL, SEED = 8, 3, 7
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")
-    root = clevr_mini.generate(str(out), num_train=NUM_TRAIN, num_val=NUM_VAL, seed=SEED,
-                               workers=2, chunk_size=3)
+    root = clevr_mini.generate(str(out), num_train=NUM_TRAIN, num_val=NUM_VAL, seed=SEED, workers=2, chunk_size=3)
     return out, root
 
 
@@ -56,23 +55,19 @@ def test_layout_and_schema(dataset):
         scenes = payload["scenes"]
         assert [s["image_index"] for s in scenes] == list(range(count))
         for scene in scenes:
-            assert set(scene) == {"image_index", "objects", "relationships",
-                                  "image_filename", "split", "directions"}
+            assert set(scene) == {"image_index", "objects", "relationships", "image_filename", "split", "directions"}
             assert scene["split"] == split
             assert scene["image_filename"] == f"CLEVR_{split}_{scene['image_index']:06d}.png"
-            assert set(scene["directions"]) == {"left", "right", "front", "behind",
-                                                "above", "below"}
+            assert set(scene["directions"]) == {"left", "right", "front", "behind", "above", "below"}
             assert set(scene["relationships"]) == {"left", "right", "front", "behind"}
             n = len(scene["objects"])
             assert 3 <= n <= 10
             for rel in scene["relationships"].values():
                 assert len(rel) == n
             for obj in scene["objects"]:
-                assert set(obj) == {"color", "size", "rotation", "shape", "3d_coords",
-                                    "material", "pixel_coords"}
+                assert set(obj) == {"color", "size", "rotation", "shape", "3d_coords", "material", "pixel_coords"}
                 assert obj["shape"] in {"cube", "sphere", "cylinder"}
-                assert obj["color"] in {"gray", "red", "blue", "green", "brown", "purple",
-                                        "cyan", "yellow"}
+                assert obj["color"] in {"gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow"}
                 assert obj["size"] in {"large", "small"}
                 assert obj["material"] in {"rubber", "metal"}
                 assert 0 <= obj["rotation"] < 360
@@ -105,10 +100,13 @@ def test_no_interpenetration(dataset):
 
 def test_deterministic_regardless_of_workers(dataset, tmp_path):
     _, root = dataset
-    other = clevr_mini.generate(str(tmp_path), num_train=NUM_TRAIN, num_val=NUM_VAL,
-                                seed=SEED, workers=1, chunk_size=5)
-    for sub in ("scenes/CLEVR_train_scenes.json", "scenes/CLEVR_val_scenes.json",
-                "images/train/CLEVR_train_000003.png", "images/val/CLEVR_val_000001.png"):
+    other = clevr_mini.generate(str(tmp_path), num_train=NUM_TRAIN, num_val=NUM_VAL, seed=SEED, workers=1, chunk_size=5)
+    for sub in (
+        "scenes/CLEVR_train_scenes.json",
+        "scenes/CLEVR_val_scenes.json",
+        "images/train/CLEVR_train_000003.png",
+        "images/val/CLEVR_val_000001.png",
+    ):
         with open(os.path.join(root, sub), "rb") as a, open(os.path.join(other, sub), "rb") as b:
             assert a.read() == b.read(), sub
     scene_a, _ = clevr_mini.make_scene(SEED, "train", 0)
@@ -121,8 +119,7 @@ def test_projection_hits_object(dataset):
     _, root = dataset
     checked = 0
     for scene in _scenes(root, "train")["scenes"]:
-        image = np.asarray(Image.open(os.path.join(root, "images", "train",
-                                                   scene["image_filename"])).convert("RGB"))
+        image = np.asarray(Image.open(os.path.join(root, "images", "train", scene["image_filename"])).convert("RGB"))
         _, ids = clevr_mini.render_scene(scene)
         for index, obj in enumerate(scene["objects"]):
             px, py = obj["pixel_coords"][:2]
@@ -158,15 +155,28 @@ def test_spec_boxes_contain_object_pixels(dataset):
 
 
 def test_occlusion_nearer_object_wins():
-    scene = {"objects": [
-        {"color": "red", "size": "large", "rotation": 0.0, "shape": "sphere",
-         "3d_coords": [0.0, 0.0, 0.7], "material": "rubber"},
-        {"color": "blue", "size": "small", "rotation": 0.0, "shape": "cube",
-         "3d_coords": [1.5, -1.3, 0.35], "material": "rubber"},  # Towards the camera.
-    ]}
+    scene = {
+        "objects": [
+            {
+                "color": "red",
+                "size": "large",
+                "rotation": 0.0,
+                "shape": "sphere",
+                "3d_coords": [0.0, 0.0, 0.7],
+                "material": "rubber",
+            },
+            {
+                "color": "blue",
+                "size": "small",
+                "rotation": 0.0,
+                "shape": "cube",
+                "3d_coords": [1.5, -1.3, 0.35],
+                "material": "rubber",
+            },  # Towards the camera.
+        ]
+    }
     _, ids = clevr_mini.render_scene(scene)
-    both = [render.renderer().camera.project(np.array([o["3d_coords"]]))[0]
-            for o in scene["objects"]]
+    both = [render.renderer().camera.project(np.array([o["3d_coords"]]))[0] for o in scene["objects"]]
     px, py = np.round(both[1][:2]).astype(int)
     assert ids[py, px] == 1
     assert both[1][2] < both[0][2]
@@ -187,8 +197,7 @@ def test_bad_arguments(tmp_path):
     clevr_mini.generate(str(tmp_path), num_train=1, num_val=0, seed=0, workers=1)
     with pytest.raises(FileExistsError, match="overwrite"):
         clevr_mini.generate(str(tmp_path), num_train=1, num_val=0, seed=0, workers=1)
-    clevr_mini.generate(str(tmp_path), num_train=0, num_val=1, seed=0, workers=1,
-                        overwrite=True)
+    clevr_mini.generate(str(tmp_path), num_train=0, num_val=1, seed=0, workers=1, overwrite=True)
     assert os.listdir(os.path.join(tmp_path, "CLEVR_v1.0", "images")) == ["val"]
     assert sorted(os.listdir(tmp_path)) == ["CLEVR_v1.0"]
     with pytest.raises(SystemExit):
@@ -198,6 +207,7 @@ def test_bad_arguments(tmp_path):
 def test_interrupted_run_leaves_no_dataset(tmp_path, monkeypatch):
     def boom(args):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(render, "_render_chunk", boom)
     with pytest.raises(KeyboardInterrupt):
         clevr_mini.generate(str(tmp_path), num_train=2, num_val=0, seed=0, workers=1)

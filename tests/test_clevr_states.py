@@ -80,7 +80,7 @@ def _state(x, y, color, shape, size="large", material="rubber"):
     row = np.zeros(18, np.float32)
     row[:3] = (x / 3.0, y / 3.0, 0.7 / 3.0)
     start = 3
-    for (group, values), value in zip(clevr.ATTRIBUTES, (material, color, shape, size)):
+    for (_group, values), value in zip(clevr.ATTRIBUTES, (material, color, shape, size)):
         row[start + values.index(value)] = 1.0
         start += len(values)
     return row
@@ -116,5 +116,6 @@ def test_state_progression_draws_objects_where_they_are():
 
 def test_state_progression_rejects_wrong_features():
     with pytest.raises(ValueError, match="features"):
-        visualize.state_progression(np.zeros([2, 3, 4]), np.zeros([2, 3]), np.zeros([3, 4]), np.zeros(3),
-                                    clevr.ATTRIBUTES)
+        visualize.state_progression(
+            np.zeros([2, 3, 4]), np.zeros([2, 3]), np.zeros([3, 4]), np.zeros(3), clevr.ATTRIBUTES
+        )

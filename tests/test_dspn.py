@@ -273,8 +273,9 @@ def test_graph_loop_with_zero_iters_and_dynamic_batch():
     # A served model may be asked for 0 steps with a batch size unknown at
     # trace time; stacking the empty per-step arrays must still work.
     decoder = DSPN(FSEncoder(8, 4), 5, 2, iters=3)
-    decode = tf.function(lambda z, n: decoder(z, iters=n),
-                         input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([], tf.int32)])
+    decode = tf.function(
+        lambda z, n: decoder(z, iters=n), input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([], tf.int32)]
+    )
     out = decode(tf.zeros([3, 4]), tf.constant(0))
     assert out["sets"].shape == (1, 3, 5, 2)
     assert out["inner_losses"].shape == (0, 3) and out["grad_norms"].shape == (0, 3)

@@ -210,7 +210,8 @@ def test_mse_objective_first_step(rng):
     np.testing.assert_allclose(out["inner_losses"][0].numpy(), per_sample.numpy(), rtol=1e-5)
     np.testing.assert_allclose(out["sets"][1].numpy(), (set_ - 3.0 * g_set).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        out["masks"][1].numpy(), tf.clip_by_value(mask - 3.0 * g_mask, 0, 1).numpy(), rtol=1e-5, atol=1e-6)
+        out["masks"][1].numpy(), tf.clip_by_value(mask - 3.0 * g_mask, 0, 1).numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_start_regulariser_term(rng):
@@ -220,7 +221,8 @@ def test_start_regulariser_term(rng):
     start_set, start_mask = starting_point(dspn, 2)
     set_, mask = out["sets"][1], out["masks"][1]
     expected = tf.reduce_mean(huber(dspn.encoder(set_, mask) - z), axis=-1).numpy() + 0.3 * 0.5 * (
-        ((set_.numpy() - start_set) ** 2).sum(axis=(1, 2)) + ((mask.numpy() - start_mask) ** 2).sum(axis=1))
+        ((set_.numpy() - start_set) ** 2).sum(axis=(1, 2)) + ((mask.numpy() - start_mask) ** 2).sum(axis=1)
+    )
     np.testing.assert_allclose(out["inner_losses"][1].numpy(), expected, rtol=1e-5)
 
 
@@ -276,8 +278,12 @@ def test_tolerance_stops_converged_samples_and_lets_others_go_on(rng):
             np.testing.assert_array_equal(out["sets"][t, b].numpy(), out["sets"][steps[b], b].numpy())
     free = make_dspn(iters=iters)
     copy_weights(dspn, free)
-    np.testing.assert_allclose(free(z)["sets"][:, 1:].numpy()[: steps[1] + 1, 0],
-                               out["sets"][:, 1:].numpy()[: steps[1] + 1, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        free(z)["sets"][:, 1:].numpy()[: steps[1] + 1, 0],
+        out["sets"][:, 1:].numpy()[: steps[1] + 1, 0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_tolerance_graph_loop_ends_early_and_equals_the_unrolled_loop(rng):
@@ -315,8 +321,9 @@ def test_random_start_reproducible_at_inference_and_fresh_in_training(rng):
     a, b = dspn(z, training=True)["sets"][0].numpy(), dspn(z, training=True)["sets"][0].numpy()
     assert not np.allclose(a, b)
     # The graph loop uses the same start as the unrolled one.
-    np.testing.assert_allclose(dspn(z, iters=tf.constant(4))["sets"].numpy(), dspn(z)["sets"].numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        dspn(z, iters=tf.constant(4))["sets"].numpy(), dspn(z)["sets"].numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_bad_option_values():
@@ -338,8 +345,17 @@ def test_bad_option_values():
 
 
 def test_every_option_survives_get_config():
-    options = {"gradient": "implicit", "momentum": 0.9, "nesterov": False, "clip": 10.0, "inner_loss": "mse",
-               "starting_set": "random", "start_regularizer": 0.1, "tolerance": 1e-4, "seed": 3}
+    options = {
+        "gradient": "implicit",
+        "momentum": 0.9,
+        "nesterov": False,
+        "clip": 10.0,
+        "inner_loss": "mse",
+        "starting_set": "random",
+        "start_regularizer": 0.1,
+        "tolerance": 1e-4,
+        "seed": 3,
+    }
     dspn = make_dspn(**options)
     clone = DSPN.from_config(dspn.get_config())
     for key, value in options.items():

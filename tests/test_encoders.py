@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from numpy_reference import fspool_reference
 
 from dspn_tf import FSEncoder, RNFSEncoder
-from numpy_reference import fspool_reference
 
 ENCODERS = [
     pytest.param(lambda **kw: FSEncoder(dim=16, latent=6, n_pieces=5, **kw), id="FSEncoder"),

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dspn_tf import DSPN, FSEncoder, MLPDecoder, RNFSEncoder
-from dspn_tf import export
+from dspn_tf import DSPN, FSEncoder, MLPDecoder, RNFSEncoder, export
 from dspn_tf.image_encoders import ConvEncoder
 from dspn_tf.models import ImageToSet, SetAutoEncoder
 
@@ -28,8 +27,9 @@ def _set_model():
 
 
 def _image_model(decoder=None):
-    decoder = decoder or DSPN(RNFSEncoder(dim=16, latent=LATENT), set_size=IMAGE_N, set_channels=IMAGE_C,
-                              iters=TRAINED_ITERS)
+    decoder = decoder or DSPN(
+        RNFSEncoder(dim=16, latent=LATENT), set_size=IMAGE_N, set_channels=IMAGE_C, iters=TRAINED_ITERS
+    )
     model = ImageToSet(ConvEncoder(LATENT, filters=(4, 4)), decoder)
     model(tf.zeros([1, IMAGE, IMAGE, 3]))
     return model
@@ -123,8 +123,18 @@ def test_clean_process_reproduces_outputs(set_export, image_export, tmp_path):
     (tmp_path / "child.py").write_text(CHILD)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    result = _run([sys.executable, "-I", str(tmp_path / "child.py"), set_dir, image_dir,
-                   str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")], cwd=work)
+    result = _run(
+        [
+            sys.executable,
+            "-I",
+            str(tmp_path / "child.py"),
+            set_dir,
+            image_dir,
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "out.npz"),
+        ],
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
 
@@ -162,12 +172,16 @@ def test_saved_model_cli_show_lists_documented_signatures(set_export):
     blocks = _signature_blocks(result.stdout)
     assert {"serving_default", "decode", "encode", "serving_all_steps", "decode_all_steps"} <= set(blocks)
     expected = {
-        "serving_default": ({"set": f"(-1, {N}, {C})", "mask": f"(-1, {N})", "iters": "()"},
-                            {"set": f"(-1, {N}, {C})", "mask": f"(-1, {N})"}),
+        "serving_default": (
+            {"set": f"(-1, {N}, {C})", "mask": f"(-1, {N})", "iters": "()"},
+            {"set": f"(-1, {N}, {C})", "mask": f"(-1, {N})"},
+        ),
         "decode": ({"z": f"(-1, {LATENT})", "iters": "()"}, {"set": f"(-1, {N}, {C})", "mask": f"(-1, {N})"}),
         "encode": ({"set": f"(-1, {N}, {C})", "mask": f"(-1, {N})"}, {"z": f"(-1, {LATENT})"}),
-        "decode_all_steps": ({"z": f"(-1, {LATENT})", "iters": "()"},
-                             {"sets": f"(-1, -1, {N}, {C})", "masks": f"(-1, -1, {N})", "inner_losses": "(-1, -1)"}),
+        "decode_all_steps": (
+            {"z": f"(-1, {LATENT})", "iters": "()"},
+            {"sets": f"(-1, -1, {N}, {C})", "masks": f"(-1, -1, {N})", "inner_losses": "(-1, -1)"},
+        ),
     }
     for signature, (inputs, outputs) in expected.items():
         block = blocks[signature]
@@ -185,9 +199,22 @@ def test_saved_model_cli_run_serving_default(set_export, tmp_path):
     np.save(tmp_path / "set.npy", inputs["set"])
     np.save(tmp_path / "mask.npy", inputs["mask"])
     # `iters` is omitted: the TF1 session path (as TF Serving) uses the SignatureDef default.
-    result = _run(["saved_model_cli", "run", "--dir", path, "--tag_set", "serve", "--signature_def",
-                   "serving_default", "--inputs", f"set={tmp_path / 'set.npy'};mask={tmp_path / 'mask.npy'}",
-                   "--outdir", str(tmp_path / "out")])
+    result = _run(
+        [
+            "saved_model_cli",
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"set={tmp_path / 'set.npy'};mask={tmp_path / 'mask.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ref = _graph_reference(model, inputs, TRAINED_ITERS)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "set.npy"), ref["sets"][-1], rtol=1e-5, atol=1e-5)
@@ -358,12 +385,20 @@ def test_invalid_arguments():
 def test_train_export_entry_point_restores_the_checkpoint(tmp_path):
     from absl import flags
 
-    from train import checkpoints, config as config_lib
+    from train import checkpoints
+    from train import config as config_lib
     from train import export as export_main
 
     FLAGS = flags.FLAGS
-    argv = ["export", "--dataset=set_mnist", "--decoder=mlp", "--dim=8", "--latent=4", f"--model_dir={tmp_path}",
-            "--noexport_keras"]
+    argv = [
+        "export",
+        "--dataset=set_mnist",
+        "--decoder=mlp",
+        "--dim=8",
+        "--latent=4",
+        f"--model_dir={tmp_path}",
+        "--noexport_keras",
+    ]
     FLAGS.unparse_flags()
     try:
         # Every entry point defines every flag (train/flags.py), so a training flagfile parses here.
@@ -374,11 +409,16 @@ def test_train_export_entry_point_restores_the_checkpoint(tmp_path):
         export_main.main([])
         FLAGS.latent = 5
         with pytest.raises((AssertionError, ValueError)):  # A config that does not match the checkpoint.
-            checkpoints.restore({"model": config_lib.build_model(config_lib.from_flags())},
-                                str(tmp_path / "checkpoints"))
+            checkpoints.restore(
+                {"model": config_lib.build_model(config_lib.from_flags())}, str(tmp_path / "checkpoints")
+            )
     finally:
         FLAGS.unparse_flags()
     loaded = tf.saved_model.load(str(tmp_path / "export" / "1"))
-    inputs = {"set": np.random.default_rng(0).random((2, 342, 2), dtype=np.float32), "mask": np.ones((2, 342), np.float32)}
-    np.testing.assert_allclose(loaded.signatures["serving_default"](**inputs)["set"], model(inputs)["sets"][-1],
-                               rtol=1e-5, atol=1e-5)
+    inputs = {
+        "set": np.random.default_rng(0).random((2, 342, 2), dtype=np.float32),
+        "mask": np.ones((2, 342), np.float32),
+    }
+    np.testing.assert_allclose(
+        loaded.signatures["serving_default"](**inputs)["set"], model(inputs)["sets"][-1], rtol=1e-5, atol=1e-5
+    )

@@ -12,8 +12,15 @@ from dspn_tf.models import SetAutoEncoder
 
 SET_SIZE, CHANNELS, LATENT = 5, 2, 8
 OPTIONS = {
-    "idspn": {"gradient": "implicit", "momentum": 0.9, "lr": 1.0, "clip": 10.0, "inner_loss": "mse",
-              "starting_set": "random", "seed": 11},
+    "idspn": {
+        "gradient": "implicit",
+        "momentum": 0.9,
+        "lr": 1.0,
+        "clip": 10.0,
+        "inner_loss": "mse",
+        "starting_set": "random",
+        "seed": 11,
+    },
     "regularized_heavy_ball": {"momentum": 0.5, "nesterov": False, "start_regularizer": 0.1},
     "tolerance": {"tolerance": 1e-4},
 }
@@ -50,8 +57,9 @@ def test_keras_file_and_saved_model_keep_the_option(tmp_path, name):
 
     version = export.export_model(model, str(tmp_path / "export"))
     served = tf.saved_model.load(version)
-    out = served.signatures["serving_default"](set=tf.constant(inputs["set"]), mask=tf.constant(inputs["mask"]),
-                                               iters=tf.constant(3))
+    out = served.signatures["serving_default"](
+        set=tf.constant(inputs["set"]), mask=tf.constant(inputs["mask"]), iters=tf.constant(3)
+    )
     np.testing.assert_allclose(out["set"].numpy(), expected["sets"][-1].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["mask"].numpy(), expected["masks"][-1].numpy(), rtol=1e-5, atol=1e-6)
     assert os.path.isfile(os.path.join(version, export.KERAS_FILENAME))
@@ -65,5 +73,6 @@ def test_served_random_starting_set_is_reproducible(tmp_path):
     first, second = decode(z=z, iters=tf.constant(3)), decode(z=z, iters=tf.constant(3))
     np.testing.assert_array_equal(first["set"].numpy(), second["set"].numpy())
     # And it is the in-process model's inference output.
-    np.testing.assert_allclose(first["set"].numpy(), model.decoder(z, iters=3)["sets"][-1].numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        first["set"].numpy(), model.decoder(z, iters=3)["sets"][-1].numpy(), rtol=1e-5, atol=1e-6
+    )

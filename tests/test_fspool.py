@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from graph_checks import large_int32_arithmetic
+from numpy_reference import fspool_reference
 
 from dspn_tf import FSPool
 from dspn_tf.fspool import sort_keys
-from graph_checks import large_int32_arithmetic
-from numpy_reference import fspool_reference
 
 
 def scattered_mask(rng, batch, size):
@@ -175,8 +175,9 @@ def test_sort_keys_order_exactly_like_the_floats(rng, dtype):
     # signs, zeros of both signs (equal), infinities, subnormals, ties.
     tiny = {"float16": 6e-8, "bfloat16": 1e-39, "float32": 1e-45, "float64": 5e-324}[dtype]
     special = [0.0, -0.0, np.inf, -np.inf, tiny, -tiny, 1.0, -1.0, 1.0, -1.0, 3e4, -3e4, 0.5, -2.0]
-    values = tf.constant(np.concatenate([special, rng.normal(size=100) * 10.0]).astype(
-        tf.as_dtype(dtype).as_numpy_dtype))
+    values = tf.constant(
+        np.concatenate([special, rng.normal(size=100) * 10.0]).astype(tf.as_dtype(dtype).as_numpy_dtype)
+    )
     keys = sort_keys(values).numpy()
     # Compared by TensorFlow on the same device, as a float sort compares them
     # (TF's CPU kernels treat subnormals as zero; keys and floats agree).

@@ -5,11 +5,11 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
+from graph_checks import large_int32_arithmetic
+from numpy_reference import chamfer_reference, huber_reference, pairwise_cost_reference
 
 from dspn_tf import losses
 from dspn_tf.indexing import flat_segment_ids
-from graph_checks import large_int32_arithmetic
-from numpy_reference import chamfer_reference, huber_reference, pairwise_cost_reference
 
 
 def random_prediction(rng, steps, batch, n, channels):
@@ -219,9 +219,11 @@ def test_hungarian_inside_tf_function(rng):
     )
     eager = losses.hungarian_loss(sets, masks, target, target_mask, all_steps=True, reduction="none")
     np.testing.assert_allclose(fn(sets, masks, target, target_mask).numpy(), eager.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(fn(sets[:1, :2], masks[:1, :2], target[:2], target_mask[:2]).numpy(),
-                               brute_force_hungarian(sets[0, :2], masks[0, :2], target[:2], target_mask[:2]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        fn(sets[:1, :2], masks[:1, :2], target[:2], target_mask[:2]).numpy(),
+        brute_force_hungarian(sets[0, :2], masks[0, :2], target[:2], target_mask[:2]),
+        rtol=1e-5,
+    )
 
 
 def test_hungarian_all_steps_averages_and_default_scores_last_step(rng):

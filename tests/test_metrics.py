@@ -40,9 +40,7 @@ def stack_images(images, width=None):
 
 def one_image_state_ap(preds, scores, targets, threshold):
     target, target_mask = stack_images([targets])
-    return metrics.state_average_precision(
-        np.array([preds]), np.array([scores]), target, target_mask, threshold
-    )
+    return metrics.state_average_precision(np.array([preds]), np.array([scores]), target, target_mask, threshold)
 
 
 A = state(0.0, 0.0, 0.5, color="red")
@@ -293,9 +291,7 @@ def test_box_iou_threshold_is_inclusive():
 def test_box_iou_has_no_plus_one_term():
     gt = [0.25, 0.25, 0.5, 0.5]
     half = [0.25, 0.25, 0.5, 0.375]  # IoU 0.5; with +1 it would be 0.9.
-    table = metrics.box_ap_table(
-        np.array([[half]]), np.ones((1, 1)), np.array([[gt]]), np.ones((1, 1))
-    )
+    table = metrics.box_ap_table(np.array([[half]]), np.ones((1, 1)), np.array([[gt]]), np.ones((1, 1)))
     assert list(table) == pytest.approx([0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
     assert list(table.values()) == [1.0] + [0.0] * 9
 
@@ -378,12 +374,9 @@ def reference_ap(detections, ground_truths, num_positives, quality, accept):
 
 
 def to_lists(pred, scores, target, target_mask):
-    detections = [
-        (i, scores[i, s], pred[i, s]) for i in range(pred.shape[0]) for s in range(pred.shape[1])
-    ]
+    detections = [(i, scores[i, s], pred[i, s]) for i in range(pred.shape[0]) for s in range(pred.shape[1])]
     ground_truths = {
-        i: [target[i, j] for j in range(target.shape[1]) if target_mask[i, j] > 0.5]
-        for i in range(target.shape[0])
+        i: [target[i, j] for j in range(target.shape[1]) if target_mask[i, j] > 0.5] for i in range(target.shape[0])
     }
     return detections, ground_truths, int(sum(len(g) for g in ground_truths.values()))
 
@@ -400,9 +393,7 @@ def reference_state_ap(pred, scores, target, target_mask, threshold):
         distance = float(np.linalg.norm(3 * (gt[:3] - det[:3])))
         return distance, distance  # Smaller is better.
 
-    return reference_ap(
-        *to_lists(pred, scores, target, target_mask), quality, lambda d: d <= threshold
-    )
+    return reference_ap(*to_lists(pred, scores, target, target_mask), quality, lambda d: d <= threshold)
 
 
 def reference_box_ap(pred, scores, target, target_mask, iou_threshold):
@@ -420,9 +411,7 @@ def reference_box_ap(pred, scores, target, target_mask, iou_threshold):
         value = iou(det, gt)
         return None if value <= 0 else (-value, value)  # Larger IoU is better.
 
-    return reference_ap(
-        *to_lists(pred, scores, target, target_mask), quality, lambda v: v >= iou_threshold
-    )
+    return reference_ap(*to_lists(pred, scores, target, target_mask), quality, lambda v: v >= iou_threshold)
 
 
 def random_state_problem(rng, images, slots, objects):
@@ -444,9 +433,7 @@ def random_state_problem(rng, images, slots, objects):
     copy = rng.uniform(size=(images, slots)) < 0.6
     source = rng.integers(0, objects, (images, slots))
     copied = np.take_along_axis(target, source[..., None], axis=1)
-    copied = copied + np.concatenate(
-        [rng.normal(0, 0.1, (images, slots, 3)), np.zeros((images, slots, 15))], axis=-1
-    )
+    copied = copied + np.concatenate([rng.normal(0, 0.1, (images, slots, 3)), np.zeros((images, slots, 15))], axis=-1)
     pred = np.where(copy[..., None], copied, pred)
     scores = np.round(rng.uniform(size=(images, slots)), 1)  # Many ties.
     return pred, scores, target, target_mask
@@ -540,8 +527,7 @@ def test_errors_name_the_argument_and_shapes():
     with pytest.raises(ValueError, match=r"`target_mask`.*\(1, 2\).*\(1, 3\)"):
         metrics.state_average_precision(pred, scores, target, np.ones((1, 3)), 1.0)
     with pytest.raises(ValueError, match=r"number of images"):
-        metrics.state_average_precision(pred, scores, np.concatenate([target] * 2),
-                                        np.ones((2, 2)), 1.0)
+        metrics.state_average_precision(pred, scores, np.concatenate([target] * 2), np.ones((2, 2)), 1.0)
     with pytest.raises(ValueError, match=r"`pred`.*\[images, slots, 4\]"):
         metrics.box_average_precision(pred, scores, target, target_mask, 0.5)
     with pytest.raises(ValueError, match=r"`scores` contains NaN"):
@@ -551,8 +537,7 @@ def test_errors_name_the_argument_and_shapes():
     with pytest.raises(ValueError, match=r"`threshold`"):
         metrics.state_average_precision(pred, scores, target, target_mask, -1.0)
     with pytest.raises(ValueError, match=r"`iou_threshold`"):
-        metrics.box_average_precision(np.zeros((1, 3, 4)), scores, np.zeros((1, 2, 4)),
-                                      target_mask, 0.0)
+        metrics.box_average_precision(np.zeros((1, 3, 4)), scores, np.zeros((1, 2, 4)), target_mask, 0.0)
 
 
 def test_nan_predictions_are_false_positives():

@@ -24,8 +24,7 @@ def _images():
 
 
 def _write_idx(path, array, magic, *, gz):
-    header = magic.to_bytes(4, "big") + b"".join(
-        d.to_bytes(4, "big") for d in array.shape)
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
     data = header + array.astype(np.uint8).tobytes()
     if gz:
         with gzip.open(path + ".gz", "wb") as f:
@@ -39,8 +38,7 @@ def _fixture(folder, *, gz, images=None):
     images = _images() if images is None else images
     os.makedirs(folder, exist_ok=True)
     _write_idx(os.path.join(folder, "train-images-idx3-ubyte"), images, 2051, gz=gz)
-    _write_idx(os.path.join(folder, "train-labels-idx1-ubyte"),
-               np.arange(len(images)), 2049, gz=gz)
+    _write_idx(os.path.join(folder, "train-labels-idx1-ubyte"), np.arange(len(images)), 2049, gz=gz)
     return str(folder)
 
 
@@ -53,8 +51,7 @@ def _sorted_elements(example):
 @pytest.mark.parametrize("gz", [True, False])
 def test_exact_coordinates_mask_and_padding(tmp_path, gz):
     source = _fixture(tmp_path / "mnist", gz=gz)
-    ds = set_mnist.build_dataset(source, "train", shuffle_elements=False,
-                                 include_label=True)
+    ds = set_mnist.build_dataset(source, "train", shuffle_elements=False, include_label=True)
     examples = list(ds.as_numpy_iterator())
     assert len(examples) == 3
     first = examples[0]
@@ -78,8 +75,7 @@ def test_threshold_boundary(tmp_path):
     images[0, 3, 4] = 33
     images[1, 3, 4] = 34
     source = _fixture(tmp_path / "mnist", gz=False, images=images)
-    masks = [e["mask"].sum() for e in
-             set_mnist.build_dataset(source, "train").as_numpy_iterator()]
+    masks = [e["mask"].sum() for e in set_mnist.build_dataset(source, "train").as_numpy_iterator()]
     assert masks == [0, 1]
 
 
@@ -95,8 +91,7 @@ def test_shuffle_differs_between_passes_with_same_content(tmp_path):
     np.testing.assert_array_equal(first["set"][100:], 0.0)
     # Reproducible from the seed: a fresh dataset repeats the same passes.
     again = set_mnist.build_dataset(source, "train", seed=3)
-    np.testing.assert_array_equal(list(again.as_numpy_iterator())[2]["set"],
-                                  first["set"])
+    np.testing.assert_array_equal(list(again.as_numpy_iterator())[2]["set"], first["set"])
 
 
 def test_bad_magic_names_the_file(tmp_path):
@@ -111,8 +106,7 @@ def test_bad_magic_names_the_file(tmp_path):
 def test_truncated_file_names_the_file(tmp_path, gz):
     folder = tmp_path / "mnist"
     folder.mkdir()
-    header = (2051).to_bytes(4, "big") + b"".join(
-        d.to_bytes(4, "big") for d in (3, 28, 28))
+    header = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (3, 28, 28))
     data = header + bytes(28 * 28 * 3 - 10)
     path = str(folder / "train-images-idx3-ubyte")
     if gz:
@@ -137,14 +131,13 @@ def test_tfds_source_with_mock_data():
 
     def as_dataset(self, split, **kwargs):
         del self, split, kwargs
-        return tf.data.Dataset.from_tensor_slices({
-            "image": images[..., None], "label": np.arange(3, dtype=np.int64)})
+        return tf.data.Dataset.from_tensor_slices({"image": images[..., None], "label": np.arange(3, dtype=np.int64)})
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        ds = set_mnist.build_dataset("tfds", "train", shuffle_elements=False,
-                                     include_label=True, data_dir="/nonexistent")
+        ds = set_mnist.build_dataset(
+            "tfds", "train", shuffle_elements=False, include_label=True, data_dir="/nonexistent"
+        )
         examples = list(ds.as_numpy_iterator())
-    np.testing.assert_allclose(examples[0]["set"][:3],
-                               [[0, 0], [5 / 27, 20 / 27], [1, 1]], rtol=1e-6)
+    np.testing.assert_allclose(examples[0]["set"][:3], [[0, 0], [5 / 27, 20 / 27], [1, 1]], rtol=1e-6)
     assert [e["mask"].sum() for e in examples] == [3, 1, 100]
     assert examples[2]["label"] == 2

@@ -55,8 +55,7 @@ def test_jit_compile_step_gives_the_same_losses_and_weights():
     for jit in (False, True):
         model, trainer = _tiny_trainer(jit, loss, iters=2)  # Two steps keep the XLA compile short.
         values = [trainer.train_step(b) for b in batches]
-        runs.append(([float(v["train/loss"]) for v in values],
-                     [v.numpy() for v in model.trainable_variables]))
+        runs.append(([float(v["train/loss"]) for v in values], [v.numpy() for v in model.trainable_variables]))
     (plain_losses, plain_weights), (xla_losses, xla_weights) = runs
     np.testing.assert_allclose(xla_losses, plain_losses, rtol=1e-4, atol=1e-6)
     for a, b in zip(xla_weights, plain_weights):

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import textwrap
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from tensorboard.backend.event_processing import event_accumulator
 
 from dspn_tf.training import Trainer
@@ -24,8 +24,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A tiny model and data: every config family runs a few steps in seconds.
 TINY = [
-    "--image_size=32", "--dim=16", "--latent=16", "--decoder_dim=16", "--iters=2", "--batch_size=8",
-    "--eval_iters=1,2", "--generated_train=24", "--generated_val=8", "--log_every=1", "--noprogress",
+    "--image_size=32",
+    "--dim=16",
+    "--latent=16",
+    "--decoder_dim=16",
+    "--iters=2",
+    "--batch_size=8",
+    "--eval_iters=1,2",
+    "--generated_train=24",
+    "--generated_val=8",
+    "--log_every=1",
+    "--noprogress",
 ]
 
 
@@ -51,7 +60,7 @@ def write_idx_mnist(folder, count, seed=0):
         images = np.zeros((count, 28, 28), np.uint8)
         for i in range(count):
             r, c = rng.integers(4, 20, size=2)
-            images[i, r:r + 6, c:c + 4] = 200  # 24 pixels: a small blob per image.
+            images[i, r : r + 6, c : c + 4] = 200  # 24 pixels: a small blob per image.
         with gzip.open(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), "wb") as f:
             f.write(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
         with gzip.open(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
@@ -61,23 +70,32 @@ def write_idx_mnist(folder, count, seed=0):
 
 def scalars(model_dir, sub):
     files = glob.glob(os.path.join(model_dir, sub, "events.out.tfevents.*"))
-    acc = event_accumulator.EventAccumulator(files[0] if len(files) == 1 else os.path.join(model_dir, sub),
-                                             size_guidance={event_accumulator.TENSORS: 0,
-                                                            event_accumulator.IMAGES: 0})
+    acc = event_accumulator.EventAccumulator(
+        files[0] if len(files) == 1 else os.path.join(model_dir, sub),
+        size_guidance={event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 0},
+    )
     acc.Reload()
     return acc
 
 
 def loss_by_step(model_dir):
     acc = scalars(model_dir, "train")
-    return {e.step: float(tf.make_ndarray(e.tensor_proto))
-            for e in acc.Tensors("train/loss")}
+    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("train/loss")}
 
 
 def test_clevr_state_dspn_trains_evaluates_and_logs(tmp_path, cache, capsys):
     model_dir = str(tmp_path / "run")
-    run(["--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_dspn.cfg"), *TINY, f"--cache_dir={cache}",
-         f"--model_dir={model_dir}", "--train_steps=3", "--checkpoint_every=2", "--image_every=2"])
+    run(
+        [
+            "--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_dspn.cfg"),
+            *TINY,
+            f"--cache_dir={cache}",
+            f"--model_dir={model_dir}",
+            "--train_steps=3",
+            "--checkpoint_every=2",
+            "--image_every=2",
+        ]
+    )
     # The train step is traced once and reused by every step.
     assert "1 trace(s) of the train step" in capsys.readouterr().out
     results = json.load(open(os.path.join(model_dir, "eval_results.json")))
@@ -88,8 +106,17 @@ def test_clevr_state_dspn_trains_evaluates_and_logs(tmp_path, cache, capsys):
     assert row["num_examples"] == 8
     assert all(0.0 <= row[k] <= 1.0 for k in row if k.startswith("ap_"))
     train_tags = scalars(model_dir, "train").Tags()
-    for tag in ("train/loss", "train/set_loss", "train/repr_loss", "train/learning_rate", "inner/loss_step_0",
-                "inner/loss_step_1", "inner/grad_norm_step_1", "progression/states", "progression/images"):
+    for tag in (
+        "train/loss",
+        "train/set_loss",
+        "train/repr_loss",
+        "train/learning_rate",
+        "inner/loss_step_0",
+        "inner/loss_step_1",
+        "inner/grad_norm_step_1",
+        "progression/states",
+        "progression/images",
+    ):
         assert tag in train_tags["tensors"], tag
     eval_tags = scalars(model_dir, "eval").Tags()["tensors"]
     assert "eval/ap_0.5/iters_2" in eval_tags and "eval/ap_inf/iters_1" in eval_tags
@@ -98,8 +125,15 @@ def test_clevr_state_dspn_trains_evaluates_and_logs(tmp_path, cache, capsys):
     assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-3.index"))
     # The evaluation entry point restores the final checkpoint and reproduces
     # the numbers of the in-memory model at the end of training.
-    run(["--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_dspn.cfg"), *TINY, f"--cache_dir={cache}",
-         f"--model_dir={model_dir}"], entry=evaluate_main)
+    run(
+        [
+            "--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_dspn.cfg"),
+            *TINY,
+            f"--cache_dir={cache}",
+            f"--model_dir={model_dir}",
+        ],
+        entry=evaluate_main,
+    )
     restored = json.load(open(os.path.join(model_dir, "eval_results_3.json")))
     assert restored["step"] == 3 and restored["checkpoint"].endswith("ckpt-3")
     assert restored["results"] == results["results"]
@@ -108,8 +142,15 @@ def test_clevr_state_dspn_trains_evaluates_and_logs(tmp_path, cache, capsys):
 @pytest.mark.parametrize("config", ["clevr_mini_state_mlp", "clevr_mini_boxes_dspn"])
 def test_clevr_config_families_train(tmp_path, cache, config):
     model_dir = str(tmp_path / "run")
-    run(["--flagfile=" + os.path.join(ROOT, f"configs/{config}.cfg"), *TINY, f"--cache_dir={cache}",
-         f"--model_dir={model_dir}", "--train_steps=2"])
+    run(
+        [
+            "--flagfile=" + os.path.join(ROOT, f"configs/{config}.cfg"),
+            *TINY,
+            f"--cache_dir={cache}",
+            f"--model_dir={model_dir}",
+            "--train_steps=2",
+        ]
+    )
     results = json.load(open(os.path.join(model_dir, "eval_results.json")))["results"]
     if "boxes" in config:
         assert set(results["2"]) >= {"ap_0.5", "ap_0.95"}
@@ -149,8 +190,11 @@ def test_clevr_state_autoencoder_trains_evaluates_and_exports(tmp_path, capsys, 
     loaded = tf.saved_model.load(os.path.join(model_dir, "export", "1"))
     state = np.zeros([2, 10, 18], np.float32)
     state[:, :3, 3] = 1.0
-    served = loaded.signatures["serving_default"](set=state, mask=(state[..., 3] > 0).astype(np.float32),
-                                                  **({"iters": tf.constant(2)} if decoder == "dspn" else {}))
+    served = loaded.signatures["serving_default"](
+        set=state,
+        mask=(state[..., 3] > 0).astype(np.float32),
+        **({"iters": tf.constant(2)} if decoder == "dspn" else {}),
+    )
     assert served["set"].shape == (2, 10, 18) and served["mask"].shape == (2, 10)
 
 
@@ -158,8 +202,16 @@ def test_clevr_state_autoencoder_trains_evaluates_and_exports(tmp_path, capsys, 
 def test_set_mnist_families_train(tmp_path, decoder):
     data = write_idx_mnist(str(tmp_path / "mnist"), 16)
     model_dir = str(tmp_path / "run")
-    run(["--flagfile=" + os.path.join(ROOT, f"configs/set_mnist_{decoder}.cfg"), *TINY, f"--data_source={data}",
-         f"--model_dir={model_dir}", "--train_steps=2", "--epochs=0"])
+    run(
+        [
+            "--flagfile=" + os.path.join(ROOT, f"configs/set_mnist_{decoder}.cfg"),
+            *TINY,
+            f"--data_source={data}",
+            f"--model_dir={model_dir}",
+            "--train_steps=2",
+            "--epochs=0",
+        ]
+    )
     results = json.load(open(os.path.join(model_dir, "eval_results.json")))["results"]
     assert all(np.isfinite(r["chamfer"]) and r["chamfer"] > 0 for r in results.values())
     if decoder == "dspn":
@@ -167,8 +219,15 @@ def test_set_mnist_families_train(tmp_path, decoder):
 
 
 def test_resume_continues_exactly(tmp_path, cache):
-    common = ["--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_dspn.cfg"), *TINY, f"--cache_dir={cache}",
-              "--deterministic", "--checkpoint_every=2", "--noevaluate_at_end", "--image_every=0"]
+    common = [
+        "--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_dspn.cfg"),
+        *TINY,
+        f"--cache_dir={cache}",
+        "--deterministic",
+        "--checkpoint_every=2",
+        "--noevaluate_at_end",
+        "--image_every=0",
+    ]
     straight = str(tmp_path / "straight")
     run([*common, f"--model_dir={straight}", "--train_steps=4"])
     resumed = str(tmp_path / "resumed")
@@ -204,8 +263,14 @@ def _nan_loss_at_call(monkeypatch, bad_call):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, cache, monkeypatch):
     model_dir = str(tmp_path / "run")
-    argv = ["--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_mlp.cfg"), *TINY, f"--cache_dir={cache}",
-            f"--model_dir={model_dir}", "--train_steps=6", "--checkpoint_every=2"]
+    argv = [
+        "--flagfile=" + os.path.join(ROOT, "configs/clevr_mini_state_mlp.cfg"),
+        *TINY,
+        f"--cache_dir={cache}",
+        f"--model_dir={model_dir}",
+        "--train_steps=6",
+        "--checkpoint_every=2",
+    ]
     _nan_loss_at_call(monkeypatch, 5)
     with pytest.raises(train_main.NonFiniteLossError, match="step 5.*ckpt-4"):
         run(argv)
@@ -271,6 +336,7 @@ def test_mirrored_two_devices_equals_one_device():
     # image encoder's synchronised BatchNorm (per-replica batch statistics
     # would make the two runs differ).
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]

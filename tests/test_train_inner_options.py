@@ -4,12 +4,12 @@ inner-step schedule, the learning-rate drops and the implicit-gradient loss rule
 import json
 import os
 
-from absl import flags
 import keras
 import pytest
+from absl import flags
 
-from train import config as config_lib
 from tests.test_train import ROOT, TINY, run, scalars, write_idx_mnist
+from train import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -26,13 +26,30 @@ def _clean_flags():
 
 
 def test_idspn_flagfile_reaches_the_model_config():
-    parsed([f"--flagfile={os.path.join(ROOT, 'configs/clevr_state_idspn.cfg')}", "--dim=16", "--latent=16",
-            "--image_size=64", "--seed=5"])
+    parsed(
+        [
+            f"--flagfile={os.path.join(ROOT, 'configs/clevr_state_idspn.cfg')}",
+            "--dim=16",
+            "--latent=16",
+            "--image_size=64",
+            "--seed=5",
+        ]
+    )
     model = config_lib.build_model(config_lib.from_flags())
     config = model.decoder.get_config()
-    expected = {"gradient": "implicit", "momentum": 0.9, "nesterov": True, "clip": 10.0, "inner_loss": "mse",
-                "starting_set": "random", "start_regularizer": 0.0, "tolerance": None, "seed": 5, "lr": 1.0,
-                "iters": 40}
+    expected = {
+        "gradient": "implicit",
+        "momentum": 0.9,
+        "nesterov": True,
+        "clip": 10.0,
+        "inner_loss": "mse",
+        "starting_set": "random",
+        "start_regularizer": 0.0,
+        "tolerance": None,
+        "seed": 5,
+        "lr": 1.0,
+        "iters": 40,
+    }
     assert {key: config[key] for key in expected} == expected
     assert type(model.image_encoder).__name__ == "ResNet18Encoder"
     run_config = config_lib.from_flags()
@@ -42,13 +59,34 @@ def test_idspn_flagfile_reaches_the_model_config():
 
 
 def test_each_inner_flag_reaches_the_model():
-    parsed(["--dataset=set_mnist", "--dim=8", "--latent=8", "--inner_gradient=implicit", "--inner_momentum=0.5",
-            "--noinner_nesterov", "--inner_clip=3", "--inner_loss=mse", "--starting_set=random",
-            "--start_regularizer=0.25", "--inner_tolerance=0.001", "--inner_lr=2"])
+    parsed(
+        [
+            "--dataset=set_mnist",
+            "--dim=8",
+            "--latent=8",
+            "--inner_gradient=implicit",
+            "--inner_momentum=0.5",
+            "--noinner_nesterov",
+            "--inner_clip=3",
+            "--inner_loss=mse",
+            "--starting_set=random",
+            "--start_regularizer=0.25",
+            "--inner_tolerance=0.001",
+            "--inner_lr=2",
+        ]
+    )
     config = config_lib.build_model(config_lib.from_flags()).decoder.get_config()
-    assert (config["gradient"], config["momentum"], config["nesterov"], config["clip"], config["inner_loss"],
-            config["starting_set"], config["start_regularizer"], config["tolerance"], config["lr"]) == (
-        "implicit", 0.5, False, 3.0, "mse", "random", 0.25, 0.001, 2.0)
+    assert (
+        config["gradient"],
+        config["momentum"],
+        config["nesterov"],
+        config["clip"],
+        config["inner_loss"],
+        config["starting_set"],
+        config["start_regularizer"],
+        config["tolerance"],
+        config["lr"],
+    ) == ("implicit", 0.5, False, 3.0, "mse", "random", 0.25, 0.001, 2.0)
     # Implicit gradients score the final step by default, even for Chamfer.
     assert not config_lib.loss_settings(config_lib.from_flags()).all_steps
 
@@ -72,10 +110,22 @@ def test_bad_learning_rate_drops():
 def test_implicit_training_with_a_schedule_through_the_entry_point(tmp_path, capsys):
     data = write_idx_mnist(str(tmp_path / "mnist"), 24)
     model_dir = str(tmp_path / "run")
-    run([f"--flagfile={os.path.join(ROOT, 'configs/set_mnist_dspn.cfg')}", *TINY, f"--data_source={data}",
-         f"--model_dir={model_dir}", "--train_steps=4", "--inner_gradient=implicit", "--inner_momentum=0.9",
-         "--inner_clip=1", "--iters_schedule=0:1,50%:3", "--eval_iters=2,4", "--checkpoint_every=4",
-         "--noloss_all_steps"])
+    run(
+        [
+            f"--flagfile={os.path.join(ROOT, 'configs/set_mnist_dspn.cfg')}",
+            *TINY,
+            f"--data_source={data}",
+            f"--model_dir={model_dir}",
+            "--train_steps=4",
+            "--inner_gradient=implicit",
+            "--inner_momentum=0.9",
+            "--inner_clip=1",
+            "--iters_schedule=0:1,50%:3",
+            "--eval_iters=2,4",
+            "--checkpoint_every=4",
+            "--noloss_all_steps",
+        ]
+    )
     # One trace per step count of the schedule.
     assert "2 trace(s) of the train step" in capsys.readouterr().out
     acc = scalars(model_dir, "train")
@@ -90,6 +140,15 @@ def test_implicit_training_with_a_schedule_through_the_entry_point(tmp_path, cap
 def test_implicit_refuses_a_loss_over_all_steps(tmp_path):
     data = write_idx_mnist(str(tmp_path / "mnist"), 24)
     with pytest.raises(ValueError, match="final step only"):
-        run([f"--flagfile={os.path.join(ROOT, 'configs/set_mnist_dspn.cfg')}", *TINY, f"--data_source={data}",
-             f"--model_dir={tmp_path / 'run'}", "--train_steps=1", "--inner_gradient=implicit", "--loss_all_steps"])
+        run(
+            [
+                f"--flagfile={os.path.join(ROOT, 'configs/set_mnist_dspn.cfg')}",
+                *TINY,
+                f"--data_source={data}",
+                f"--model_dir={tmp_path / 'run'}",
+                "--train_steps=1",
+                "--inner_gradient=implicit",
+                "--loss_all_steps",
+            ]
+        )
     keras.mixed_precision.set_global_policy("float32")

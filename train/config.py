@@ -118,8 +118,9 @@ def from_flags(flag_values=None, argv=None):
         value = getattr(flag_values, field.name)
         values[field.name] = tuple(value) if isinstance(value, list) else value
     flagfiles = [a.split("=", 1)[1] for a in (sys.argv if argv is None else argv)[1:] if a.startswith("--flagfile=")]
-    return RunConfig(**values, flagfile=flagfiles[-1] if flagfiles else None,
-                     flags_text=flag_values.flags_into_string())
+    return RunConfig(
+        **values, flagfile=flagfiles[-1] if flagfiles else None, flags_text=flag_values.flags_into_string()
+    )
 
 
 def load(flagfile, *overrides):
@@ -163,24 +164,34 @@ def build_split(config, split):
         if config.data_source == "generated":
             raise ValueError("--data_source=generated is for CLEVR tasks; set-MNIST needs an IDX folder or 'tfds'.")
         return set_mnist.build_dataset(
-            config.data_source, "train" if split == "train" else "test",
-            shuffle_elements=True, seed=config.seed, data_dir=config.tfds_data_dir)
+            config.data_source,
+            "train" if split == "train" else "test",
+            shuffle_elements=True,
+            seed=config.seed,
+            data_dir=config.tfds_data_dir,
+        )
     if config.dataset == "clevr_state_autoencoder":
         if config.data_source == "tfds":
-            raise ValueError("--dataset=clevr_state_autoencoder reads 'generated' scenes or a CLEVR_v1.0 folder, "
-                             "not 'tfds'.")
+            raise ValueError(
+                "--dataset=clevr_state_autoencoder reads 'generated' scenes or a CLEVR_v1.0 folder, not 'tfds'."
+            )
         generated = config.data_source == "generated"
         count = config.generated_train if split == "train" else config.generated_val
         return clevr_states.build_dataset(
-            config.data_source, "train" if split == "train" else "val",
+            config.data_source,
+            "train" if split == "train" else "val",
             num_scenes=count if generated else None,
-            seed=config.seed, cache_dir=os.path.join(cache_dir(config), "clevr_states"))
+            seed=config.seed,
+            cache_dir=os.path.join(cache_dir(config), "clevr_states"),
+        )
     source = config.data_source
     if source == "generated":
-        source = render.ensure_generated(cache_dir(config), seed=config.seed, num_train=config.generated_train,
-                                         num_val=config.generated_val)
+        source = render.ensure_generated(
+            cache_dir(config), seed=config.seed, num_train=config.generated_train, num_val=config.generated_val
+        )
     return clevr.build_dataset(
-        source, "train" if split == "train" else "val",
+        source,
+        "train" if split == "train" else "val",
         image_size=config.image_size,
         cache_dir=os.path.join(cache_dir(config), "clevr"),
         with_boxes=config.dataset == "clevr_boxes",
@@ -246,9 +257,15 @@ def loss_settings(config):
 def dspn_options(config):
     """The DSPN inner-loop keyword arguments of the run."""
     return {
-        "gradient": config.inner_gradient, "momentum": config.inner_momentum, "nesterov": config.inner_nesterov,
-        "clip": config.inner_clip, "inner_loss": config.inner_loss, "starting_set": config.starting_set,
-        "start_regularizer": config.start_regularizer, "tolerance": config.inner_tolerance, "seed": config.seed,
+        "gradient": config.inner_gradient,
+        "momentum": config.inner_momentum,
+        "nesterov": config.inner_nesterov,
+        "clip": config.inner_clip,
+        "inner_loss": config.inner_loss,
+        "starting_set": config.starting_set,
+        "start_regularizer": config.start_regularizer,
+        "tolerance": config.inner_tolerance,
+        "seed": config.seed,
     }
 
 
@@ -260,10 +277,21 @@ def build_model(config):
     else:
         input_shape = (config.image_size, config.image_size, 3)
     return build_model_from_args(
-        run_task.kind, decoder=config.decoder, set_size=run_task.set_size, set_channels=run_task.set_channels,
-        dim=config.dim, latent=config.latent, decoder_dim=config.decoder_dim, set_encoder=config.set_encoder,
-        image_encoder=config.image_encoder, iters=config.iters, inner_lr=config.inner_lr, n_pieces=config.n_pieces,
-        dspn_options=dspn_options(config), input_shape=input_shape)
+        run_task.kind,
+        decoder=config.decoder,
+        set_size=run_task.set_size,
+        set_channels=run_task.set_channels,
+        dim=config.dim,
+        latent=config.latent,
+        decoder_dim=config.decoder_dim,
+        set_encoder=config.set_encoder,
+        image_encoder=config.image_encoder,
+        iters=config.iters,
+        inner_lr=config.inner_lr,
+        n_pieces=config.n_pieces,
+        dspn_options=dspn_options(config),
+        input_shape=input_shape,
+    )
 
 
 def build_optimizer(config, model, total):
@@ -294,7 +322,8 @@ def parse_iters_schedule(entries, total, default_iters):
         except ValueError:
             raise ValueError(
                 f"--iters_schedule: {entry!r} is not STEP:ITERS with STEP a step >= 0 or a percentage in [0, 100]% "
-                "and ITERS an integer >= 0 (e.g. 0:20,50%:40).") from None
+                "and ITERS an integer >= 0 (e.g. 0:20,50%:40)."
+            ) from None
         schedule[step] = iters
     return sorted(schedule.items())
 
@@ -330,11 +359,13 @@ def learning_rate(config, total):
     try:
         drops = sorted({_step_of(text, total) for text in config.learning_rate_drops})
     except ValueError:
-        raise ValueError(f"--learning_rate_drops={','.join(config.learning_rate_drops)}: every entry must be a step "
-                         ">= 0 or a percentage in [0, 100]% (e.g. 90%).") from None
+        raise ValueError(
+            f"--learning_rate_drops={','.join(config.learning_rate_drops)}: every entry must be a step "
+            ">= 0 or a percentage in [0, 100]% (e.g. 90%)."
+        ) from None
     if not drops:
         return config.learning_rate
-    values = [config.learning_rate * 0.1 ** i for i in range(len(drops) + 1)]
+    values = [config.learning_rate * 0.1**i for i in range(len(drops) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(drops, values)
 
 

@@ -9,11 +9,12 @@ definition, docs/algorithm.md) or Chamfer (set-MNIST), written as JSON and print
 
 import os
 
-from absl import app
 import tensorflow as tf
+from absl import app
 
 from dspn_tf import evaluation
-from train import checkpoints, config as config_lib
+from train import checkpoints
+from train import config as config_lib
 
 
 def main(argv):
@@ -22,14 +23,21 @@ def main(argv):
     model = config_lib.build_model(config)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     # Only the model and step are read; optimizer and iterator are skipped.
-    path = checkpoints.restore({"model": model, "step": step}, os.path.join(config.model_dir, "checkpoints"),
-                               config.checkpoint)
+    path = checkpoints.restore(
+        {"model": model, "step": step}, os.path.join(config.model_dir, "checkpoints"), config.checkpoint
+    )
     step = int(step)
-    results = evaluation.evaluate(model, config_lib.eval_batches(config),
-                                  set_key=config_lib.task(config).set_key, iters_list=config_lib.eval_iters(config))
+    results = evaluation.evaluate(
+        model,
+        config_lib.eval_batches(config),
+        set_key=config_lib.task(config).set_key,
+        iters_list=config_lib.eval_iters(config),
+    )
     output = config.output or os.path.join(config.model_dir, f"eval_results_{step}.json")
-    checkpoints.write_results(output, {"dataset": config.dataset, "decoder": config.decoder, "checkpoint": path,
-                                       "step": step, "results": results})
+    checkpoints.write_results(
+        output,
+        {"dataset": config.dataset, "decoder": config.decoder, "checkpoint": path, "step": step, "results": results},
+    )
     print(evaluation.format_table(results, f"{config.decoder} on {config.dataset}, {path}"))
     print(f"Results written to {output}")
 

@@ -15,7 +15,8 @@ import os
 from absl import app
 
 from dspn_tf import export
-from train import checkpoints, config as config_lib
+from train import checkpoints
+from train import config as config_lib
 
 
 def main(argv):
@@ -28,8 +29,13 @@ def main(argv):
     # the step and the data iterator are in it too and are not needed.
     path = checkpoints.restore({"model": model}, checkpoint_dir, config.checkpoint)
     version_dir = export.export_model(
-        model, export_base, keep=config.keep_versions or None, all_steps=config.all_steps,
-        save_keras=config.export_keras, max_iters=config.max_iters)
+        model,
+        export_base,
+        keep=config.keep_versions or None,
+        all_steps=config.all_steps,
+        save_keras=config.export_keras,
+        max_iters=config.max_iters,
+    )
     print(f"Exported {path} to {version_dir}", flush=True)
 
 

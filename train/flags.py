@@ -8,17 +8,23 @@ from absl import flags
 
 # Data.
 flags.DEFINE_enum(
-    "dataset", "clevr_state", ["set_mnist", "clevr_state", "clevr_boxes", "clevr_state_autoencoder"],
+    "dataset",
+    "clevr_state",
+    ["set_mnist", "clevr_state", "clevr_boxes", "clevr_state_autoencoder"],
     "Task and dataset: set-MNIST auto-encoding, CLEVR image -> object states / boxes, or CLEVR object states "
-    "auto-encoded (state set -> z -> state set; no images).")
+    "auto-encoded (state set -> z -> state set; no images).",
+)
 flags.DEFINE_string(
-    "data_source", "generated",
+    "data_source",
+    "generated",
     "Where the data comes from: 'generated' (CLEVR-format scenes rendered offline on first use and cached; "
     "CLEVR tasks only; the state auto-encoder needs only the scenes, not their images), 'tfds', or a folder "
-    "(MNIST IDX files, or a CLEVR_v1.0 folder).")
+    "(MNIST IDX files, or a CLEVR_v1.0 folder).",
+)
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (for --data_source=tfds).")
 flags.DEFINE_string(
-    "cache_dir", None, "Cache for generated scenes and decoded images (default $DSPN_TF_CACHE or ~/.cache/dspn_tf).")
+    "cache_dir", None, "Cache for generated scenes and decoded images (default $DSPN_TF_CACHE or ~/.cache/dspn_tf)."
+)
 flags.DEFINE_integer("generated_train", 3000, "Scenes generated for training (--data_source=generated).")
 flags.DEFINE_integer("generated_val", 500, "Scenes generated for evaluation (--data_source=generated).")
 flags.DEFINE_integer("image_size", 128, "Side of the square CLEVR input images.")
@@ -29,8 +35,12 @@ flags.DEFINE_integer("shuffle_buffer", 1024, "Example shuffle buffer (kept in ch
 # Model.
 flags.DEFINE_enum("decoder", "dspn", ["dspn", "mlp", "lstm"], "Set decoder.")
 flags.DEFINE_enum("set_encoder", None, ["fs", "rnfs"], "Set encoder (default: fs for set-MNIST, rnfs for CLEVR).")
-flags.DEFINE_enum("image_encoder", "conv", ["conv", "resnet18", "resnet34"],
-                  "Image encoder for CLEVR tasks: a small CNN, iDSPN's ResNet18 or the DSPN paper's ResNet34.")
+flags.DEFINE_enum(
+    "image_encoder",
+    "conv",
+    ["conv", "resnet18", "resnet34"],
+    "Image encoder for CLEVR tasks: a small CNN, iDSPN's ResNet18 or the DSPN paper's ResNet34.",
+)
 flags.DEFINE_integer("dim", 256, "Hidden width of the set encoder.")
 flags.DEFINE_integer("latent", 64, "Embedding size.")
 flags.DEFINE_integer("decoder_dim", None, "Hidden width of the MLP / LSTM baselines (default: --dim).")
@@ -39,53 +49,78 @@ flags.DEFINE_float("inner_lr", 25.0, "DSPN per-sample inner step size (reference
 flags.DEFINE_integer("n_pieces", 20, "FSPool pieces.")
 # DSPN inner-loop options (the defaults are the DSPN paper's; iDSPN: implicit, lr 1, momentum 0.9, clip 10, mse, random).
 flags.DEFINE_enum(
-    "inner_gradient", "unrolled", ["unrolled", "implicit"],
+    "inner_gradient",
+    "unrolled",
+    ["unrolled", "implicit"],
     "How training differentiates the inner loop: through every step (second order, the paper) or iDSPN's "
     "approximate implicit differentiation (the last step from the detached previous set; cost independent of "
-    "--iters).")
+    "--iters).",
+)
 flags.DEFINE_float("inner_momentum", 0.0, "Momentum of the inner steps, in [0, 1) (iDSPN: 0.9).")
 flags.DEFINE_bool("inner_nesterov", True, "With --inner_momentum > 0: Nesterov (iDSPN) rather than heavy-ball steps.")
 flags.DEFINE_float("inner_clip", None, "Clip each sample's inner gradient (set and mask) to this L2 norm (iDSPN: 10).")
-flags.DEFINE_enum("inner_loss", "huber", ["huber", "mse"],
-                  "Inner objective: latent-mean Huber (the paper) or 0.5 * latent-mean squared error (iDSPN).")
-flags.DEFINE_enum("starting_set", "learned", ["learned", "random"],
-                  "Starting set: learned and shared (the paper) or per-sample N(0, 0.1^2) noise seeded by --seed "
-                  "(iDSPN).")
-flags.DEFINE_float("start_regularizer", 0.0,
-                   "Weight of 0.5 * ||[set, mask] - start||^2 in the inner objective (0: off).")
-flags.DEFINE_float("inner_tolerance", None,
-                   "Per-sample early stopping: a sample whose inner objective is below this stops moving.")
+flags.DEFINE_enum(
+    "inner_loss",
+    "huber",
+    ["huber", "mse"],
+    "Inner objective: latent-mean Huber (the paper) or 0.5 * latent-mean squared error (iDSPN).",
+)
+flags.DEFINE_enum(
+    "starting_set",
+    "learned",
+    ["learned", "random"],
+    "Starting set: learned and shared (the paper) or per-sample N(0, 0.1^2) noise seeded by --seed (iDSPN).",
+)
+flags.DEFINE_float(
+    "start_regularizer", 0.0, "Weight of 0.5 * ||[set, mask] - start||^2 in the inner objective (0: off)."
+)
+flags.DEFINE_float(
+    "inner_tolerance", None, "Per-sample early stopping: a sample whose inner objective is below this stops moving."
+)
 flags.DEFINE_list(
-    "iters_schedule", [],
+    "iters_schedule",
+    [],
     "Inner steps by training step, as STEP:ITERS pairs; STEP is a step number or a percentage of the run, e.g. "
     "0:20,50%:40 (iDSPN on CLEVR). Steps before the first pair use --iters; --iters stays the model's (and the "
-    "export's) default.")
+    "export's) default.",
+)
 
 # Loss and optimisation.
 flags.DEFINE_enum("loss", None, ["chamfer", "hungarian"], "Set loss (default: chamfer for set-MNIST, else hungarian).")
 flags.DEFINE_bool(
-    "loss_all_steps", None,
+    "loss_all_steps",
+    None,
     "Average the set loss over all decoder steps (default: true for Chamfer, as the reference; false for "
     "Hungarian, as the reference, whereas the paper's text says average; false with --inner_gradient=implicit, "
-    "which refuses true).")
+    "which refuses true).",
+)
 flags.DEFINE_float("repr_lambda", None, "Weight of the representation loss (default 0.1 for DSPN on CLEVR, else 0).")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.")
-flags.DEFINE_list("learning_rate_drops", [],
-                  "Training steps (numbers or percentages of the run, e.g. 90%) at which the learning rate is "
-                  "multiplied by 0.1 (iDSPN on CLEVR: 90%).")
+flags.DEFINE_list(
+    "learning_rate_drops",
+    [],
+    "Training steps (numbers or percentages of the run, e.g. 90%) at which the learning rate is "
+    "multiplied by 0.1 (iDSPN on CLEVR: 90%).",
+)
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_integer("epochs", None, "Epochs to train (ignored if --train_steps is set).")
 flags.DEFINE_integer("train_steps", None, "Training steps.")
 
 # Run.
-flags.DEFINE_string("model_dir", "runs/default", "Run directory: checkpoints, TensorBoard logs (point TensorBoard here), results.")
+flags.DEFINE_string(
+    "model_dir", "runs/default", "Run directory: checkpoints, TensorBoard logs (point TensorBoard here), results."
+)
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling).")
 flags.DEFINE_bool("deterministic", False, "Deterministic TF ops (bit-exact resume; slower).")
 flags.DEFINE_bool("run_eagerly", False, "Run the train step eagerly (debugging).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (Chamfer runs only).")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
-                  "Keras dtype policy of the training step (the DSPN inner loop stays float32; slower on CPUs "
-                  "without native bfloat16/float16 math).")
+flags.DEFINE_enum(
+    "mixed_precision",
+    "float32",
+    ["float32", "mixed_float16", "mixed_bfloat16"],
+    "Keras dtype policy of the training step (the DSPN inner loop stays float32; slower on CPUs "
+    "without native bfloat16/float16 math).",
+)
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy.")
 # Loop cadence (train.train).
 flags.DEFINE_integer("checkpoint_every", 500, "Save a checkpoint every this many steps (and at the end).")
@@ -96,8 +131,8 @@ flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.")
 flags.DEFINE_bool("progress", True, "Show a progress bar with ETA.")
 flags.DEFINE_bool("evaluate_at_end", True, "Evaluate after training and write eval_results.json.")
 flags.DEFINE_string(
-    "checkpoint", None,
-    "train.evaluate / train.export: a specific checkpoint prefix (default: the newest of the run).")
+    "checkpoint", None, "train.evaluate / train.export: a specific checkpoint prefix (default: the newest of the run)."
+)
 flags.DEFINE_list("eval_iters", ["10", "20", "30"], "Inner step counts to evaluate the DSPN at.")
 
 

@@ -17,7 +17,8 @@ import tensorflow as tf
 from dspn_tf import evaluation, visualize
 from dspn_tf.data import clevr
 from dspn_tf.training import is_chief
-from train import checkpoints, config as config_lib
+from train import checkpoints
+from train import config as config_lib
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,8 +76,9 @@ class Loop:
         own_dir = shared_dir
         if not self.chief:
             own_dir = os.path.join(self.config.model_dir, f".worker-{os.getpid()}", "checkpoints")
-        return tf.train.CheckpointManager(tf.train.Checkpoint(**state), own_dir,
-                                          max_to_keep=self.config.keep_checkpoints)
+        return tf.train.CheckpointManager(
+            tf.train.Checkpoint(**state), own_dir, max_to_keep=self.config.keep_checkpoints
+        )
 
     def run(self):
         """Trains from the current step to `total_steps`; returns the running-mean loss."""
@@ -93,15 +95,19 @@ class Loop:
                 # disk is the last good state.
                 raise NonFiniteLossError(
                     f"The loss became {loss} at step {int(self.step) + 1}; stopping. The last good checkpoint is "
-                    f"{self.manager.latest_checkpoint or '(none yet)'} and was left untouched.")
+                    f"{self.manager.latest_checkpoint or '(none yet)'} and was left untouched."
+                )
             self.step.assign_add(1)
             running = loss if running is None else 0.98 * running + 0.02 * loss
             progbar.update(int(self.step), values=[("loss", running)])
             self._after_step(int(self.step), values)
         elapsed, steps_run = time.time() - start, int(self.step) - first_step
         if steps_run:
-            print(f"Trained {steps_run} steps in {elapsed:.1f} s ({elapsed / steps_run:.3f} s/step); "
-                  f"{self.trainer.traces} trace(s) of the train step.", flush=True)
+            print(
+                f"Trained {steps_run} steps in {elapsed:.1f} s ({elapsed / steps_run:.3f} s/step); "
+                f"{self.trainer.traces} trace(s) of the train step.",
+                flush=True,
+            )
         return running
 
     def _after_step(self, current, values):
@@ -130,8 +136,9 @@ class Loop:
 
     def evaluate(self):
         """Evaluates the model at every --eval_iters count and writes `eval/<metric>/iters_<n>`."""
-        results = evaluation.evaluate(self.trainer.model, self.eval_dataset, set_key=self.settings.set_key,
-                                      iters_list=self.eval_iters)
+        results = evaluation.evaluate(
+            self.trainer.model, self.eval_dataset, set_key=self.settings.set_key, iters_list=self.eval_iters
+        )
         with self.eval_writer.as_default(step=int(self.step)):
             for iters, row in results.items():
                 for name, value in row.items():
@@ -151,18 +158,24 @@ def write_pictures(model, batch, set_key, step):
         tf.summary.image("progression/sets", np.stack(rows), step=step, max_outputs=count)
         return
     if set_key == "state":
-        tables = [visualize.state_table(sets[-1, i], masks[-1, i], target[i], target_mask[i], clevr.ATTRIBUTES)
-                  for i in range(count)]
+        tables = [
+            visualize.state_table(sets[-1, i], masks[-1, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+            for i in range(count)
+        ]
     if "image" not in batch:  # The state auto-encoder: objects seen from above.
-        rows = [visualize.state_progression(sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
-                for i in range(count)]
+        rows = [
+            visualize.state_progression(sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+            for i in range(count)
+        ]
         tf.summary.image("progression/states", np.stack(rows), step=step, max_outputs=count)
         tf.summary.text("progression/state_tables", "\n\n".join(tables), step=step)
         return
     images = batch["image"].numpy()
     if set_key == "boxes":
-        rows = [visualize.boxes_progression(images[i], sets[:, i], masks[:, i], target[i], target_mask[i])
-                for i in range(count)]
+        rows = [
+            visualize.boxes_progression(images[i], sets[:, i], masks[:, i], target[i], target_mask[i])
+            for i in range(count)
+        ]
         tf.summary.image("progression/boxes", np.stack(rows), step=step, max_outputs=count)
     else:
         tf.summary.text("progression/states", "\n\n".join(tables), step=step)

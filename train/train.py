@@ -8,13 +8,14 @@ Restarting the same command resumes from the newest checkpoint in --model_dir.
 import os
 import sys
 
-from absl import app, logging
 import keras
 import tensorflow as tf
+from absl import app, logging
 
 from dspn_tf import evaluation
 from dspn_tf.training import Trainer
-from train import checkpoints, config as config_lib
+from train import checkpoints
+from train import config as config_lib
 from train.loop import Loop, NonFiniteLossError
 
 __all__ = ["NonFiniteLossError", "main", "run"]
@@ -39,10 +40,16 @@ def main(argv):
     with strategy.scope():
         model = config_lib.build_model(config)
         optimizer = config_lib.build_optimizer(config, model, total)
-    trainer = Trainer(model, optimizer, settings, global_batch_size=config.batch_size, strategy=strategy,
-                      run_eagerly=config.run_eagerly, jit_compile=config.jit_compile)
-    loop = Loop(config, trainer, iter(train_ds), config_lib.eval_batches(config), total_steps=total,
-                schedule=schedule)
+    trainer = Trainer(
+        model,
+        optimizer,
+        settings,
+        global_batch_size=config.batch_size,
+        strategy=strategy,
+        run_eagerly=config.run_eagerly,
+        jit_compile=config.jit_compile,
+    )
+    loop = Loop(config, trainer, iter(train_ds), config_lib.eval_batches(config), total_steps=total, schedule=schedule)
     print(f"Training {config.decoder} on {config.dataset} ({train_size} examples) for {total} steps.", flush=True)
     loop.run()
     if config.evaluate_at_end and loop.chief:
@@ -52,10 +59,13 @@ def main(argv):
 def report(config, results, step):
     """Writes `eval_results.json` and prints the table and what to run next."""
     path = os.path.join(config.model_dir, "eval_results.json")
-    checkpoints.write_results(path, {"dataset": config.dataset, "decoder": config.decoder, "step": step,
-                                     "results": results})
+    checkpoints.write_results(
+        path, {"dataset": config.dataset, "decoder": config.decoder, "step": step, "results": results}
+    )
     examples = next(iter(results.values()))["num_examples"]
-    print(evaluation.format_table(results, f"{config.decoder} on {config.dataset}, step {step}, {examples} eval examples"))
+    print(
+        evaluation.format_table(results, f"{config.decoder} on {config.dataset}, step {step}, {examples} eval examples")
+    )
     print(f"Results written to {path}")
     print(next_steps(config))
 

@@ -24,13 +24,12 @@ import collections.abc
 import json
 import os
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from dspn_tf.data import image_cache
-from dspn_tf.data.clevr_layout import (  # noqa: F401  (re-exported: the layout is part of this module's API)
-    ATTRIBUTES, COLORS, COORD_SCALE, COORDS, MATERIALS, SHAPES, SIZES, STATE_DIM)
+from dspn_tf.data.clevr_layout import ATTRIBUTES, COLORS, COORD_SCALE, COORDS, MATERIALS, SHAPES, SIZES, STATE_DIM  # noqa: F401  (re-exported: the layout is part of this module's API)
 
 MAX_OBJECTS = 10
 IMAGE_SIZE = 128
@@ -46,7 +45,6 @@ BOX_DIM = 4
 # ground-plane right vector of CLEVR's base camera location
 # (7.48113, -6.50764) looking at the origin, to 1e-6.
 NOMINAL_RIGHT = (0.6563112735748291, 0.7544902563095093, 0.0)
-
 
 
 # --------------------------------------------------------------------------
@@ -90,8 +88,7 @@ def object_state(obj):
     for name, vocabulary in ATTRIBUTES:
         value = _field(obj, name)
         if value not in vocabulary:
-            raise ValueError(
-                f"unknown {name} {value!r} (expected one of {', '.join(vocabulary)})")
+            raise ValueError(f"unknown {name} {value!r} (expected one of {', '.join(vocabulary)})")
         one_hot = np.zeros(len(vocabulary))
         one_hot[vocabulary.index(value)] = 1.0
         parts.append(one_hot)
@@ -103,7 +100,7 @@ def _right_vector(directions):
         directions = _field(directions, "right")
     right = np.asarray(directions, np.float64).reshape(-1)
     if right.size < 2:
-        raise ValueError(f"directions.right must have 2 or 3 values, got {right!r}")
+        raise ValueError(f"directions.right must have 2 or 3 values; received {right!r}")
     return right[0], right[1]
 
 
@@ -141,8 +138,7 @@ def object_box(obj, directions):
     elif shape == "cube":
         h_u *= 1.3 * 10 / (10 + y1r)
         h_d = w_l = w_r = h_u
-    return np.array([(x - w_l) / WIDTH, (y - h_d) / HEIGHT, (x + w_r) / WIDTH,
-                     (y + h_u) / HEIGHT], np.float32)
+    return np.array([(x - w_l) / WIDTH, (y - h_d) / HEIGHT, (x + w_r) / WIDTH, (y + h_u) / HEIGHT], np.float32)
 
 
 def scene_name(scene, index=None):
@@ -160,7 +156,8 @@ def _objects(scene, where, max_objects):
     if len(objects) > max_objects:
         raise OversizedSceneError(
             f"{where} has {len(objects)} objects, more than max_objects="
-            f"{max_objects} (pass skip_oversized=True to skip such scenes)")
+            f"{max_objects} (pass skip_oversized=True to skip such scenes)"
+        )
     return objects
 
 
@@ -210,8 +207,7 @@ def scene_boxes(scene, *, max_objects=MAX_OBJECTS, directions=None, index=None):
             _right_vector(directions)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{scene_name(scene, index)}: directions: {e}") from None
-    return _per_object(scene, lambda obj: object_box(obj, directions), BOX_DIM,
-                       max_objects, index)
+    return _per_object(scene, lambda obj: object_box(obj, directions), BOX_DIM, max_objects, index)
 
 
 class OversizedSceneError(ValueError):
@@ -274,8 +270,9 @@ def load_scenes(source, split, *, max_objects=MAX_OBJECTS, skip_oversized=False)
         boxes.append(box)
         masks.append(mask)
     if skipped:
-        logging.warning("CLEVR %s: skipped %d of %d scenes with more than %d objects.",
-                        split, skipped, len(scenes), max_objects)
+        logging.warning(
+            "CLEVR %s: skipped %d of %d scenes with more than %d objects.", split, skipped, len(scenes), max_objects
+        )
     n = len(paths)
     return {
         "scene_file": scene_file,
@@ -294,8 +291,9 @@ def load_scenes(source, split, *, max_objects=MAX_OBJECTS, skip_oversized=False)
 def resize_image(image, image_size):
     """uint8 [H, W, C>=3] -> uint8 [S, S, 3]: alpha dropped, bilinear, antialiased."""
     image = image[..., :3]
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear",
-                            antialias=True)  # Shape: [S, S, 3], float in [0, 255].
+    image = tf.image.resize(
+        image, [image_size, image_size], method="bilinear", antialias=True
+    )  # Shape: [S, S, 3], float in [0, 255].
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
@@ -315,24 +313,20 @@ def _finish(images, labels):
     def to_example(image, label):
         return {"image": tf.cast(image, tf.float32) / 255.0, **label}
 
-    return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE)
+    return ds.map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _folder_dataset(source, split, *, image_size, use_cache, cache_dir,
-                    max_objects, skip_oversized):
+def _folder_dataset(source, split, *, image_size, use_cache, cache_dir, max_objects, skip_oversized):
     if not os.path.isdir(source):
         raise FileNotFoundError(f"CLEVR folder {source} does not exist.")
-    scenes = load_scenes(source, split, max_objects=max_objects,
-                         skip_oversized=skip_oversized)
+    scenes = load_scenes(source, split, max_objects=max_objects, skip_oversized=skip_oversized)
     paths = scenes["image_paths"]
-    labels = tf.data.Dataset.from_tensor_slices(
-        {k: scenes[k] for k in ("state", "boxes", "mask")})
+    labels = tf.data.Dataset.from_tensor_slices({k: scenes[k] for k in ("state", "boxes", "mask")})
 
     def make_images():
         return tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).map(
-            lambda p: _decode_file(p, image_size),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            lambda p: _decode_file(p, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
 
     if not use_cache:
         for path in paths:  # Name a missing file now rather than mid-epoch.
@@ -343,9 +337,15 @@ def _folder_dataset(source, split, *, image_size, use_cache, cache_dir,
     source_id = image_cache.key_of(os.path.abspath(scenes["scene_file"]))[:10]
     prefix = f"{_split_name(split)}-{image_size}px-{source_id}-"
     images, _ = image_cache.cached_images(
-        make_images, paths, cache_dir=cache_dir, prefix=prefix, key=key,
-        image_size=image_size, expected_count=len(paths),
-        extra_meta={"scene_file": os.path.abspath(scenes["scene_file"])})
+        make_images,
+        paths,
+        cache_dir=cache_dir,
+        prefix=prefix,
+        key=key,
+        image_size=image_size,
+        expected_count=len(paths),
+        extra_meta={"scene_file": os.path.abspath(scenes["scene_file"])},
+    )
     return images, labels
 
 
@@ -369,15 +369,13 @@ def _tfds_labels(split, remaps, *, max_objects, with_boxes):
         where = f"TFDS clevr {split} scene {file_name.decode()}"
         n = coords.shape[0]
         if n > max_objects:
-            raise ValueError(f"{where} has {n} objects, more than max_objects="
-                             f"{max_objects} (pass skip_oversized=True)")
+            raise ValueError(f"{where} has {n} objects, more than max_objects={max_objects} (pass skip_oversized=True)")
         state = np.zeros([max_objects, STATE_DIM], np.float32)
         boxes = np.zeros([max_objects, BOX_DIM], np.float32)
         mask = np.zeros([max_objects], np.float32)
         for i in range(n):
             obj = {"3d_coords": coords[i], "pixel_coords": pixels[i]}
-            for (name, vocabulary), remap, value in zip(
-                    ATTRIBUTES, remaps, (material, color, shape, size)):
+            for (name, vocabulary), remap, value in zip(ATTRIBUTES, remaps, (material, color, shape, size)):
                 obj[name] = vocabulary[remap[value[i]]]
             state[i] = object_state(obj)
             if with_boxes:
@@ -388,10 +386,19 @@ def _tfds_labels(split, remaps, *, max_objects, with_boxes):
     def labels_of(example):
         objects = example["objects"]
         state, boxes, mask = tf.numpy_function(
-            compute, [example["file_name"], objects["3d_coords"],
-                      objects["pixel_coords"], objects["material"],
-                      objects["color"], objects["shape"], objects["size"]],
-            [tf.float32, tf.float32, tf.float32], stateful=False)
+            compute,
+            [
+                example["file_name"],
+                objects["3d_coords"],
+                objects["pixel_coords"],
+                objects["material"],
+                objects["color"],
+                objects["shape"],
+                objects["size"],
+            ],
+            [tf.float32, tf.float32, tf.float32],
+            stateful=False,
+        )
         state.set_shape([max_objects, STATE_DIM])
         boxes.set_shape([max_objects, BOX_DIM])
         mask.set_shape([max_objects])
@@ -403,9 +410,9 @@ def _tfds_labels(split, remaps, *, max_objects, with_boxes):
     return labels_of
 
 
-def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
-                  max_objects, skip_oversized, with_boxes,
-                  tfds_name):
+def _tfds_dataset(
+    split, *, image_size, use_cache, cache_dir, data_dir, max_objects, skip_oversized, with_boxes, tfds_name
+):
     import tensorflow_datasets as tfds  # Deferred: slow to import, optional path.
 
     builder = tfds.builder(tfds_name, data_dir=data_dir)
@@ -425,41 +432,52 @@ def _tfds_dataset(split, *, image_size, use_cache, cache_dir, data_dir,
     labels = examples(False).map(labels_of, num_parallel_calls=tf.data.AUTOTUNE)
 
     def make_images():
-        return examples(True).map(lambda e: resize_image(e["image"], image_size),
-                                  num_parallel_calls=tf.data.AUTOTUNE,
-                                  deterministic=True)
+        return examples(True).map(
+            lambda e: resize_image(e["image"], image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
 
     if not use_cache:
         return make_images(), labels
     info = builder.info
     num_examples = info.splits[split].num_examples if split in info.splits else None
-    key = image_cache.key_of(image_cache.CACHE_VERSION, info.full_name, split,
-                             os.path.abspath(builder.data_dir), num_examples, image_size,
-                             skip_oversized, max_objects)
+    key = image_cache.key_of(
+        image_cache.CACHE_VERSION,
+        info.full_name,
+        split,
+        os.path.abspath(builder.data_dir),
+        num_examples,
+        image_size,
+        skip_oversized,
+        max_objects,
+    )
     prefix = f"tfds-{split}-{image_size}px-{image_cache.key_of(info.full_name, builder.data_dir)[:10]}-"
-    images, _ = image_cache.cached_images(make_images, [], cache_dir=cache_dir, prefix=prefix,
-                                          key=key, image_size=image_size, expected_count=None)
+    images, _ = image_cache.cached_images(
+        make_images, [], cache_dir=cache_dir, prefix=prefix, key=key, image_size=image_size, expected_count=None
+    )
     return images, labels
 
 
 _APPROXIMATE_BOXES = (
     "TFDS clevr records no camera `directions`, which the box formula needs, so its boxes can only be "
     "approximate. Pass allow_approximate_boxes=True to compute them with CLEVR's nominal camera "
-    "(NOMINAL_RIGHT), or with_boxes=False for state only.")
+    "(NOMINAL_RIGHT), or with_boxes=False for state only."
+)
 
 
-def build_dataset(source,
-                  split,
-                  *,
-                  image_size=IMAGE_SIZE,
-                  cache_dir=None,
-                  use_cache=True,
-                  skip_oversized=False,
-                  allow_approximate_boxes=False,
-                  with_boxes=True,
-                  data_dir=None,
-                  tfds_name="clevr",
-                  max_objects=MAX_OBJECTS):
+def build_dataset(
+    source,
+    split,
+    *,
+    image_size=IMAGE_SIZE,
+    cache_dir=None,
+    use_cache=True,
+    skip_oversized=False,
+    allow_approximate_boxes=False,
+    with_boxes=True,
+    data_dir=None,
+    tfds_name="clevr",
+    max_objects=MAX_OBJECTS,
+):
     """The CLEVR `tf.data.Dataset` (unbatched), in scene-file order (shuffle it as you like).
 
     Args:
@@ -473,11 +491,9 @@ def build_dataset(source,
       use_cache: False decodes the PNGs on every pass instead.
       skip_oversized: drop scenes with more than `max_objects` objects (their
         count is logged) instead of raising `OversizedSceneError`.
-      allow_approximate_boxes: TFDS only. TFDS drops the camera `directions` the
-        box formula needs; True computes boxes with `NOMINAL_RIGHT`, the
-        camera's right vector in CLEVR v1.0 scenes (identical in every scene
-        we checked, but not guaranteed). False (default) with `with_boxes`
-        raises ValueError.
+      allow_approximate_boxes: TFDS only (it drops the camera `directions`):
+        True computes boxes with `NOMINAL_RIGHT`, CLEVR v1.0's camera right
+        vector; False (default) with `with_boxes` raises ValueError.
       with_boxes: include "boxes" (from TFDS: False, or allow_approximate_boxes=True).
       data_dir: TFDS data directory.
       tfds_name: TFDS name, with a version if wanted ("clevr:3.0.0" skips the
@@ -491,20 +507,19 @@ def build_dataset(source,
     """
     if image_size < 1:
         raise ValueError(f"image_size must be positive, received {image_size}.")
-    cache_dir = cache_dir or image_cache.default_dir()
+    options = {
+        "image_size": image_size,
+        "use_cache": use_cache,
+        "cache_dir": cache_dir or image_cache.default_dir(),
+        "max_objects": max_objects,
+        "skip_oversized": skip_oversized,
+    }
     if source == "tfds":
         if with_boxes and not allow_approximate_boxes:
             raise ValueError(_APPROXIMATE_BOXES)
-        images, labels = _tfds_dataset(
-            split, image_size=image_size, use_cache=use_cache, cache_dir=cache_dir,
-            data_dir=data_dir, max_objects=max_objects,
-            skip_oversized=skip_oversized,
-            with_boxes=with_boxes, tfds_name=tfds_name)
+        images, labels = _tfds_dataset(split, data_dir=data_dir, with_boxes=with_boxes, tfds_name=tfds_name, **options)
     else:
-        images, labels = _folder_dataset(
-            source, split, image_size=image_size, use_cache=use_cache,
-            cache_dir=cache_dir, max_objects=max_objects,
-            skip_oversized=skip_oversized)
+        images, labels = _folder_dataset(source, split, **options)
     if not with_boxes:
         labels = labels.map(lambda d: {k: v for k, v in d.items() if k != "boxes"})
     return _finish(images, labels)

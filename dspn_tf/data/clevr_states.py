@@ -82,8 +82,9 @@ def generated_states(split, *, num_scenes, seed=0, cache_dir=None, workers=None)
     return states, masks
 
 
-def build_dataset(source, split, *, num_scenes=None, seed=0, cache_dir=None, workers=None,
-                  shuffle=False, shuffle_seed=None):
+def build_dataset(
+    source, split, *, num_scenes=None, seed=0, cache_dir=None, workers=None, shuffle=False, shuffle_seed=None
+):
     """Unbatched dataset of object-state sets.
 
     Args:
@@ -103,8 +104,7 @@ def build_dataset(source, split, *, num_scenes=None, seed=0, cache_dir=None, wor
     if source == "generated":
         if num_scenes is None:
             raise ValueError("clevr_states: `num_scenes` is required for source='generated'.")
-        states, masks = generated_states(split, num_scenes=num_scenes, seed=seed, cache_dir=cache_dir,
-                                         workers=workers)
+        states, masks = generated_states(split, num_scenes=num_scenes, seed=seed, cache_dir=cache_dir, workers=workers)
     else:
         if not isinstance(source, str) or not os.path.isdir(source):
             raise ValueError(f"clevr_states: `source` must be 'generated' or a CLEVR_v1.0 folder; received {source!r}.")

@@ -15,8 +15,8 @@ import shutil
 import tempfile
 import time
 
-from absl import logging
 import tensorflow as tf
+from absl import logging
 
 CACHE_VERSION = 1  # Bump when the cache layout or the image pipeline changes.
 SHARD_SIZE = 1024
@@ -51,8 +51,7 @@ def folder_key(scene_file, image_paths, image_size, skip_oversized):
         except FileNotFoundError:
             raise FileNotFoundError(f"CLEVR image {path} does not exist.") from None
         stats.append((os.path.basename(path), s.st_size, s.st_mtime_ns))
-    return key_of(CACHE_VERSION, st.st_size, st.st_mtime_ns, image_size,
-                 skip_oversized, stats)
+    return key_of(CACHE_VERSION, st.st_size, st.st_mtime_ns, image_size, skip_oversized, stats)
 
 
 def read(entry, image_size):
@@ -100,8 +99,7 @@ def write(entry, images, names, image_size, extra_meta):
             except tf.errors.OpError as e:
                 # The map is deterministic, so the failing example is the next one.
                 culprit = names[count] if count < len(names) else f"example {count}"
-                raise ValueError(f"Cannot read or decode CLEVR image {culprit}: "
-                                 f"{e.message}") from None
+                raise ValueError(f"Cannot read or decode CLEVR image {culprit}: {e.message}") from None
             if count % SHARD_SIZE == 0:
                 if writer:
                     writer.close()
@@ -111,8 +109,7 @@ def write(entry, images, names, image_size, extra_meta):
             count += 1
         if writer:
             writer.close()
-        meta = {"version": CACHE_VERSION, "image_size": image_size,
-                "count": count, "shards": shards, **extra_meta}
+        meta = {"version": CACHE_VERSION, "image_size": image_size, "count": count, "shards": shards, **extra_meta}
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f)
         try:
@@ -122,8 +119,7 @@ def write(entry, images, names, image_size, extra_meta):
             if read(entry, image_size) is None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-        logging.info("Cached %d CLEVR images at %dpx in %s (%.1fs).", count,
-                     image_size, entry, time.time() - start)
+        logging.info("Cached %d CLEVR images at %dpx in %s (%.1fs).", count, image_size, entry, time.time() - start)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -140,8 +136,7 @@ def prune_stale(entry, prefix):
         shutil.rmtree(other, ignore_errors=True)
 
 
-def cached_images(make_images, names, *, cache_dir, prefix, key, image_size,
-                  expected_count, extra_meta=None):
+def cached_images(make_images, names, *, cache_dir, prefix, key, image_size, expected_count, extra_meta=None):
     """The cached images of `prefix` + `key` in `cache_dir`, written from `make_images()` on first use.
 
     Returns:
@@ -159,5 +154,6 @@ def cached_images(make_images, names, *, cache_dir, prefix, key, image_size,
     if expected_count is not None and meta["count"] != expected_count:
         raise ValueError(
             f"CLEVR image cache {entry} holds {meta['count']} images, the labels "
-            f"{expected_count}; delete it to rebuild.")
+            f"{expected_count}; delete it to rebuild."
+        )
     return images, meta

@@ -49,23 +49,17 @@ def read_idx(path, expected_magic):
         raise ValueError(f"IDX file {path} is truncated: {len(raw)} bytes, no header.")
     magic = int.from_bytes(raw[:4], "big")
     if magic != expected_magic:
-        raise ValueError(
-            f"IDX file {path} has magic number {magic}, expected {expected_magic}.")
+        raise ValueError(f"IDX file {path} has magic number {magic}, expected {expected_magic}.")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise ValueError(f"IDX file {path} is truncated inside its header.")
-    dims = tuple(
-        int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(raw) < expected:
-        raise ValueError(
-            f"IDX file {path} is truncated: {len(raw)} bytes, header {dims} needs "
-            f"{expected}.")
+        raise ValueError(f"IDX file {path} is truncated: {len(raw)} bytes, header {dims} needs {expected}.")
     if len(raw) > expected:
-        raise ValueError(
-            f"IDX file {path} has {len(raw) - expected} bytes after the data its "
-            f"header {dims} describes.")
+        raise ValueError(f"IDX file {path} has {len(raw) - expected} bytes after the data its header {dims} describes.")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -74,8 +68,7 @@ def _find_idx(source, stem):
         path = os.path.join(source, name)
         if os.path.exists(path):
             return path
-    raise FileNotFoundError(
-        f"Neither {stem} nor {stem}.gz found in the MNIST folder {source}.")
+    raise FileNotFoundError(f"Neither {stem} nor {stem}.gz found in the MNIST folder {source}.")
 
 
 def load_idx_split(source, split, *, include_label=False):
@@ -85,22 +78,22 @@ def load_idx_split(source, split, *, include_label=False):
       (images uint8 [n, 28, 28], labels uint8 [n] or None).
     """
     if split not in _FILE_PREFIX:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+        raise ValueError(f"split must be 'train' or 'test'; received {split!r}.")
     prefix = _FILE_PREFIX[split]
     images_path = _find_idx(source, f"{prefix}-images-idx3-ubyte")
     images = read_idx(images_path, IMAGES_MAGIC)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(
-            f"IDX file {images_path} holds images of shape {images.shape[1:]}, "
-            f"expected ({IMAGE_SIZE}, {IMAGE_SIZE}).")
+            f"IDX file {images_path} holds images of shape {images.shape[1:]}, expected ({IMAGE_SIZE}, {IMAGE_SIZE})."
+        )
     labels = None
     if include_label:
         labels_path = _find_idx(source, f"{prefix}-labels-idx1-ubyte")
         labels = read_idx(labels_path, LABELS_MAGIC)
         if labels.shape != images.shape[:1]:
             raise ValueError(
-                f"IDX file {labels_path} has {labels.shape[0]} labels but "
-                f"{images_path} has {images.shape[0]} images.")
+                f"IDX file {labels_path} has {labels.shape[0]} labels but {images_path} has {images.shape[0]} images."
+            )
     return images, labels
 
 
@@ -112,7 +105,8 @@ def _check_set_sizes(images, max_set_size, threshold, where):
         raise ValueError(
             f"{where}: image {i} has {int(sizes[i])} pixels >= {threshold}, more "
             f"than max_set_size={max_set_size} ({too_big.size} such images; raise "
-            f"max_set_size).")
+            f"max_set_size)."
+        )
 
 
 def _load_tfds(split, data_dir, include_label):
@@ -129,15 +123,17 @@ def _load_tfds(split, data_dir, include_label):
     return ds.map(strip, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def build_dataset(source,
-                  split,
-                  *,
-                  shuffle_elements=True,
-                  seed=None,
-                  data_dir=None,
-                  max_set_size=MAX_SET_SIZE,
-                  threshold=THRESHOLD,
-                  include_label=False):
+def build_dataset(
+    source,
+    split,
+    *,
+    shuffle_elements=True,
+    seed=None,
+    data_dir=None,
+    max_set_size=MAX_SET_SIZE,
+    threshold=THRESHOLD,
+    include_label=False,
+):
     """The set-MNIST `tf.data.Dataset` (unbatched).
 
     Args:
@@ -162,15 +158,21 @@ def build_dataset(source,
     """
     if max_set_size < 1:
         raise ValueError(f"max_set_size must be positive, received {max_set_size}.")
-    ds = _images(source, split, data_dir=data_dir, include_label=include_label, max_set_size=max_set_size,
-                 threshold=threshold)
+    ds = _images(
+        source, split, data_dir=data_dir, include_label=include_label, max_set_size=max_set_size, threshold=threshold
+    )
     # One random seed per example, rerandomised on every iteration of the
     # dataset: the elements get a fresh order each epoch, yet the whole stream
     # is reproducible from `seed` (a stateless shuffle inside a parallel map).
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds.enumerate(), seeds.batch(2)))
-    to_set = _to_set(split, shuffle_elements=shuffle_elements, max_set_size=max_set_size, threshold=threshold,
-                     include_label=include_label)
+    to_set = _to_set(
+        split,
+        shuffle_elements=shuffle_elements,
+        max_set_size=max_set_size,
+        threshold=threshold,
+        include_label=include_label,
+    )
     ds = ds.map(to_set, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -198,13 +200,18 @@ def _to_set(split, *, shuffle_elements, max_set_size, threshold, include_label):
         index, example = indexed
         coords = tf.where(example["image"] >= threshold)  # Shape: [n, 2], int64.
         n = tf.shape(coords)[0]
-        tf.debugging.Assert(n <= max_set_size, [
-            f"set-MNIST {split}: more than max_set_size={max_set_size} pixels >= "
-            f"{threshold} in image index", index, "set size", n])
+        tf.debugging.Assert(
+            n <= max_set_size,
+            [
+                f"set-MNIST {split}: more than max_set_size={max_set_size} pixels >= {threshold} in image index",
+                index,
+                "set size",
+                n,
+            ],
+        )
         elements = tf.cast(coords, tf.float32) / float(IMAGE_SIZE - 1)
         if shuffle_elements:
-            elements = tf.random.experimental.stateless_shuffle(
-                elements, seed=example_seed)
+            elements = tf.random.experimental.stateless_shuffle(elements, seed=example_seed)
         pad = max_set_size - n
         out = {
             "set": tf.pad(elements, [[0, pad], [0, 0]]),  # Shape: [342, 2].

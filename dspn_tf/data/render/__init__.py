@@ -28,10 +28,17 @@ import numpy as np
 
 from dspn_tf.data.render.camera import CAMERA_LOCATION, FOCAL_PX, HEIGHT, WIDTH, Camera  # noqa: F401
 from dspn_tf.data.render.png import encode_png
-from dspn_tf.data.render.properties import (  # noqa: F401
-    COLORS, CUBE_HALF_SIDE, CYLINDER_RADIUS, MATERIALS, SHAPES, SIZES)
+from dspn_tf.data.render.properties import COLORS, CUBE_HALF_SIDE, CYLINDER_RADIUS, MATERIALS, SHAPES, SIZES  # noqa: F401
 from dspn_tf.data.render.scenes import (  # noqa: F401
-    MARGIN, MAX_OBJECTS, MIN_DIST, MIN_OBJECTS, MIN_PIXELS, RELATION_EPS, generate_scenes, make_scene)
+    MARGIN,
+    MAX_OBJECTS,
+    MIN_DIST,
+    MIN_OBJECTS,
+    MIN_PIXELS,
+    RELATION_EPS,
+    generate_scenes,
+    make_scene,
+)
 from dspn_tf.data.render.shading import render_scene, renderer  # noqa: F401
 
 
@@ -46,8 +53,7 @@ def _render_chunk(args):
     return scenes
 
 
-def generate(out_dir, *, num_train, num_val, seed=0, workers=None, chunk_size=50,
-             overwrite=False):
+def generate(out_dir, *, num_train, num_val, seed=0, workers=None, chunk_size=50, overwrite=False):
     """Writes `out_dir/CLEVR_v1.0` with `num_train` + `num_val` generated scenes.
 
     The folder is built under a temporary name next to its destination and
@@ -67,8 +73,7 @@ def generate(out_dir, *, num_train, num_val, seed=0, workers=None, chunk_size=50
     workers = _checked_arguments(num_train, num_val, seed, workers, chunk_size)
     final = os.path.join(out_dir, "CLEVR_v1.0")
     if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True (--overwrite) "
-                              "to replace it")
+        raise FileExistsError(f"{final} already exists; pass overwrite=True (--overwrite) to replace it")
     os.makedirs(out_dir, exist_ok=True)
     tmp_root = tempfile.mkdtemp(prefix=".CLEVR_v1.0.partial-", dir=out_dir)
     try:
@@ -80,8 +85,9 @@ def generate(out_dir, *, num_train, num_val, seed=0, workers=None, chunk_size=50
                 continue
             image_dir = os.path.join(root, "images", split)
             os.makedirs(image_dir)
-            tasks[split] = [(seed, split, s, min(s + chunk_size, count), image_dir)
-                            for s in range(0, count, chunk_size)]
+            tasks[split] = [
+                (seed, split, s, min(s + chunk_size, count), image_dir) for s in range(0, count, chunk_size)
+            ]
         all_tasks = [t for split in tasks for t in tasks[split]]
         if workers == 1:
             results = list(map(_render_chunk, all_tasks))
@@ -108,15 +114,15 @@ def _checked_arguments(num_train, num_val, seed, workers, chunk_size):
     """`generate`'s worker count (default: all CPUs) once its arguments are checked; ValueError names the bad one."""
     for name, value in (("num_train", num_train), ("num_val", num_val), ("seed", seed)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            raise ValueError(f"{name} must be a non-negative integer; received {value!r}")
     if num_train + num_val == 0:
         raise ValueError("num_train and num_val are both 0: nothing to generate")
     if workers is None:
         workers = os.cpu_count() or 1
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        raise ValueError(f"workers must be a positive integer; received {workers!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise ValueError(f"chunk_size must be a positive integer; received {chunk_size!r}")
     return workers
 
 
@@ -124,12 +130,18 @@ def _write_scene_files(root, tasks, results, seed):
     """One `CLEVR_{split}_scenes.json` per split from the rendered chunks (in task order)."""
     done = 0
     for split, split_tasks in tasks.items():
-        scenes = [s for r in results[done:done + len(split_tasks)] for s in r]
+        scenes = [s for r in results[done : done + len(split_tasks)] for s in r]
         done += len(split_tasks)
-        payload = {"info": {"split": split, "license": "CC0 (procedurally generated)",
-                            "version": "1.0", "generator": "dspn_tf.data.clevr_mini",
-                            "seed": int(seed)},
-                   "scenes": scenes}
+        payload = {
+            "info": {
+                "split": split,
+                "license": "CC0 (procedurally generated)",
+                "version": "1.0",
+                "generator": "dspn_tf.data.clevr_mini",
+                "seed": int(seed),
+            },
+            "scenes": scenes,
+        }
         with open(os.path.join(root, "scenes", f"CLEVR_{split}_scenes.json"), "w") as f:
             json.dump(payload, f)
 

@@ -8,7 +8,6 @@ horizon, looking at the world origin from CLEVR's mean camera position.
 
 import numpy as np
 
-
 WIDTH, HEIGHT = 480, 320
 FOCAL_PX = 525.0
 CAMERA_LOCATION = np.array([7.49, -6.52, 5.34])
@@ -32,17 +31,16 @@ class Camera:
         self.right, self.forward = right, forward
         ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
         # Pixel centres; pixel_coords round the projection, like CLEVR's.
-        cam = np.stack(
-            [(xs + 0.5 - WIDTH / 2) / focal, (ys + 0.5 - HEIGHT / 2) / focal,
-             np.ones_like(xs)], axis=-1)
+        cam = np.stack([(xs + 0.5 - WIDTH / 2) / focal, (ys + 0.5 - HEIGHT / 2) / focal, np.ones_like(xs)], axis=-1)
         # Shape: [HEIGHT, WIDTH, 3], unit world-space ray directions.
         self.rays = normalize(cam @ self.rotation).astype(np.float32)
 
     def project(self, points):
         """World points [n, 3] -> [n, 3] of (x pixel, y pixel, depth)."""
         c = (np.asarray(points, np.float64) - self.location) @ self.rotation.T
-        return np.stack([WIDTH / 2 + self.focal * c[:, 0] / c[:, 2],
-                         HEIGHT / 2 + self.focal * c[:, 1] / c[:, 2], c[:, 2]], 1)
+        return np.stack(
+            [WIDTH / 2 + self.focal * c[:, 0] / c[:, 2], HEIGHT / 2 + self.focal * c[:, 1] / c[:, 2], c[:, 2]], 1
+        )
 
     def directions(self):
         """CLEVR's scene `directions`: camera axes projected on the ground."""
@@ -52,11 +50,17 @@ class Camera:
         behind = self.forward.copy()
         behind[2] = 0.0
         behind = normalize(behind)
-        as_list = lambda v: [float(x) for x in v]
+
+        def as_list(v):
+            return [float(x) for x in v]
+
         return {
-            "above": [0.0, 0.0, 1.0], "behind": as_list(behind),
-            "below": [0.0, 0.0, -1.0], "front": as_list(-behind),
-            "left": as_list(-right), "right": as_list(right),
+            "above": [0.0, 0.0, 1.0],
+            "behind": as_list(behind),
+            "below": [0.0, 0.0, -1.0],
+            "front": as_list(-behind),
+            "left": as_list(-right),
+            "right": as_list(right),
         }
 
 

@@ -1,5 +1,4 @@
-"""PNG encoding of rendered images.
-"""
+"""PNG encoding of rendered images."""
 
 import struct
 import zlib
@@ -19,9 +18,14 @@ def encode_png(image):
     up[:, 0] = 2  # PNG filter type 2: difference with the row above.
     up[0, 1:] = rows[0]
     up[1:, 1:] = rows[1:] - rows[:-1]  # uint8 wraps, as PNG's filter does.
+
     def chunk(tag, data):
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(up.tobytes(), 1)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(up.tobytes(), 1))
+        + chunk(b"IEND", b"")
+    )

@@ -1,6 +1,4 @@
-"""CLEVR's object vocabulary (its properties.json) and the shapes' proportions.
-"""
-
+"""CLEVR's object vocabulary (its properties.json) and the shapes' proportions."""
 
 SHAPES = ("cube", "sphere", "cylinder")
 # CLEVR's properties.json colours (sRGB, 0..255).

@@ -1,5 +1,4 @@
-"""Ray casting, vectorised over rays: ray-object hits, surface normals, screen boxes, the visibility pass.
-"""
+"""Ray casting, vectorised over rays: ray-object hits, surface normals, screen boxes, the visibility pass."""
 
 import math
 
@@ -45,8 +44,7 @@ def hit_distance(obj, ox, oy, oz, dx, dy, dz):
             c, s = math.cos(theta), math.sin(theta)
             half = CUBE_HALF_SIDE * r
             tmin = tmax = None
-            for oo, dd in ((c * ox + s * oy, c * dx + s * dy),
-                           (c * oy - s * ox, c * dy - s * dx), (oz, dz)):
+            for oo, dd in ((c * ox + s * oy, c * dx + s * dy), (c * oy - s * ox, c * dy - s * dx), (oz, dz)):
                 inv = np.divide(1.0, dd, dtype=np.float32)
                 t1 = (-half - oo) * inv
                 t2 = (half - oo) * inv
@@ -83,8 +81,7 @@ def surface_normals(obj, px, py, pz):
     if shape == "cylinder":
         rc, h = CYLINDER_RADIUS * r, r
         on_cap = pz >= h - 1e-4
-        return (np.where(on_cap, 0.0, px * (1 / rc)), np.where(on_cap, 0.0, py * (1 / rc)),
-                on_cap.astype(np.float32))
+        return (np.where(on_cap, 0.0, px * (1 / rc)), np.where(on_cap, 0.0, py * (1 / rc)), on_cap.astype(np.float32))
     # Cube: the face hit is the local axis where the point lies on the surface.
     theta = math.radians(obj["rotation"])
     c, s = math.cos(theta), math.sin(theta)
@@ -101,8 +98,11 @@ def surface_normals(obj, px, py, pz):
 
 
 # Half extents of each shape's enclosing box, in units of its radius r.
-_HALF_EXTENTS = {"cube": (CUBE_HALF_SIDE,) * 3, "sphere": (1.0, 1.0, 1.0),
-                 "cylinder": (CYLINDER_RADIUS, CYLINDER_RADIUS, 1.0)}
+_HALF_EXTENTS = {
+    "cube": (CUBE_HALF_SIDE,) * 3,
+    "sphere": (1.0, 1.0, 1.0),
+    "cylinder": (CYLINDER_RADIUS, CYLINDER_RADIUS, 1.0),
+}
 _UNIT_CORNERS = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
 
 
@@ -133,8 +133,7 @@ def screen_boxes(renderer, points, pad=2):
     x1 = np.minimum(np.ceil(q[..., 0].max(1)).astype(int) + pad, WIDTH).tolist()
     y0 = np.maximum(np.floor(q[..., 1].min(1)).astype(int) - pad, 0).tolist()
     y1 = np.minimum(np.ceil(q[..., 1].max(1)).astype(int) + pad, HEIGHT).tolist()
-    return [box if box[0] < box[1] and box[2] < box[3] else None
-            for box in zip(x0, x1, y0, y1)]
+    return [box if box[0] < box[1] and box[2] < box[3] else None for box in zip(x0, x1, y0, y1)]
 
 
 def visibility(rd, objects, centres):
@@ -153,8 +152,7 @@ def visibility(rd, objects, centres):
             continue
         x0, x1, y0, y1 = box
         ox, oy, oz = (rd.camera.location - centre).tolist()
-        t = hit_distance(obj, ox, oy, oz, rd.ray_x[y0:y1, x0:x1], rd.ray_y[y0:y1, x0:x1],
-                          rd.ray_z[y0:y1, x0:x1])
+        t = hit_distance(obj, ox, oy, oz, rd.ray_x[y0:y1, x0:x1], rd.ray_y[y0:y1, x0:x1], rd.ray_z[y0:y1, x0:x1])
         zbuf = depth[y0:y1, x0:x1]
         front = t < zbuf  # Z-buffer: nearer objects win regardless of order.
         np.copyto(zbuf, t, where=front)

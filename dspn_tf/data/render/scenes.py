@@ -14,7 +14,6 @@ from dspn_tf.data.render.properties import COLORS, MATERIALS, SHAPES, SIZES
 from dspn_tf.data.render.raycast import object_centres, visibility
 from dspn_tf.data.render.shading import compose, renderer
 
-
 # Placement rules copied in spirit from CLEVR's generator: objects in
 # [-3, 3]^2, surfaces at least MIN_DIST apart, and every pair separated by at
 # least MARGIN along left/right and front/behind so spatial relations are
@@ -34,8 +33,9 @@ def _relationships(objects, directions):
     rel = {}
     for name in ("right", "behind", "front", "left"):
         dots = (coords[None, :, :] - coords[:, None, :]) @ np.array(directions[name])
-        rel[name] = [[j for j in range(len(objects)) if j != i and dots[i, j] > RELATION_EPS]
-                     for i in range(len(objects))]
+        rel[name] = [
+            [j for j in range(len(objects)) if j != i and dots[i, j] > RELATION_EPS] for i in range(len(objects))
+        ]
     return rel
 
 
@@ -54,25 +54,29 @@ def _sample_objects(rng, directions):
         for _attempt in range(50):
             x, y = (float(v) for v in rng.uniform(-3, 3, size=2))
             ok = True
-            for ox, oy, orad in ((o["3d_coords"][0], o["3d_coords"][1], SIZES[o["size"]])
-                                 for o in placed):
+            for ox, oy, orad in ((o["3d_coords"][0], o["3d_coords"][1], SIZES[o["size"]]) for o in placed):
                 dx, dy = x - ox, y - oy
-                if (math.hypot(dx, dy) - r - orad < MIN_DIST
-                        or abs(dx * rx + dy * ry) < MARGIN or abs(dx * bx + dy * by) < MARGIN):
+                if (
+                    math.hypot(dx, dy) - r - orad < MIN_DIST
+                    or abs(dx * rx + dy * ry) < MARGIN
+                    or abs(dx * bx + dy * by) < MARGIN
+                ):
                     ok = False
                     break
             if ok:
                 break
         else:
             return None
-        placed.append({
-            "color": color_names[int(rng.integers(len(color_names)))],
-            "size": size,
-            "rotation": float(rng.uniform(0, 360)),
-            "shape": SHAPES[int(rng.integers(len(SHAPES)))],
-            "3d_coords": [x, y, r],
-            "material": MATERIALS[int(rng.integers(len(MATERIALS)))],
-        })
+        placed.append(
+            {
+                "color": color_names[int(rng.integers(len(color_names)))],
+                "size": size,
+                "rotation": float(rng.uniform(0, 360)),
+                "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+                "3d_coords": [x, y, r],
+                "material": MATERIALS[int(rng.integers(len(MATERIALS)))],
+            }
+        )
     return placed
 
 
@@ -140,15 +144,15 @@ def generate_scenes(count, *, split, seed=0, workers=None, chunk_size=500):
     """
     for name, value in (("count", count), ("seed", seed)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            raise ValueError(f"{name} must be a non-negative integer; received {value!r}")
     if split not in SPLIT_IDS:
-        raise ValueError(f"split must be one of {', '.join(SPLIT_IDS)}, got {split!r}")
+        raise ValueError(f"split must be one of {', '.join(SPLIT_IDS)}; received {split!r}")
     if workers is None:
         workers = os.cpu_count() or 1
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        raise ValueError(f"workers must be a positive integer; received {workers!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise ValueError(f"chunk_size must be a positive integer; received {chunk_size!r}")
     tasks = [(seed, split, s, min(s + chunk_size, count)) for s in range(0, count, chunk_size)]
     if workers == 1 or len(tasks) <= 1:
         results = list(map(_scene_chunk, tasks))

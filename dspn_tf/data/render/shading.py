@@ -1,12 +1,17 @@
-"""Shading: the per-scene constants (`Renderer`), the floor with soft shadows, object colours, the image.
-"""
+"""Shading: the per-scene constants (`Renderer`), the floor with soft shadows, object colours, the image."""
 
 import numpy as np
 
 from dspn_tf.data.render.camera import HEIGHT, WIDTH, Camera, lights
 from dspn_tf.data.render.properties import COLORS
 from dspn_tf.data.render.raycast import (
-    box_corners, hit_distance, object_centres, screen_boxes, surface_normals, visibility)
+    box_corners,
+    hit_distance,
+    object_centres,
+    screen_boxes,
+    surface_normals,
+    visibility,
+)
 
 
 def _srgb_to_linear(c):
@@ -14,8 +19,7 @@ def _srgb_to_linear(c):
 
 
 # Base colours in linear RGB, as plain floats (they scale float32 arrays).
-_LINEAR_COLORS = {name: tuple(float(v) for v in _srgb_to_linear(rgb))
-                  for name, rgb in COLORS.items()}
+_LINEAR_COLORS = {name: tuple(float(v) for v in _srgb_to_linear(rgb)) for name, rgb in COLORS.items()}
 _GROUND_AMBIENT = 0.085  # Linear radiance of the floor without the key light.
 
 
@@ -28,14 +32,13 @@ def _to_display_exact(linear):
 # so each entry spans < 0.15 display levels (the value is rounded to one level
 # anyway) at a fraction of the cost of a float64 power per channel.
 _DISPLAY_STEPS = 4096
-_DISPLAY_TABLE = _to_display_exact(
-    ((np.arange(_DISPLAY_STEPS + 1) + 0.5) / _DISPLAY_STEPS) ** 2).astype(np.uint8)
+_DISPLAY_TABLE = _to_display_exact(((np.arange(_DISPLAY_STEPS + 1) + 0.5) / _DISPLAY_STEPS) ** 2).astype(np.uint8)
 
 
 def _to_display(linear):
     """uint8 display values of positive linear radiance (float32 array)."""
     s = np.minimum(linear, 1.0)
-    s *= _DISPLAY_STEPS ** 2
+    s *= _DISPLAY_STEPS**2
     np.sqrt(s, out=s)
     return _DISPLAY_TABLE[s.astype(np.int32)]
 
@@ -56,8 +59,8 @@ class Renderer:
         # falloff of CLEVR's floor, brighter near the camera.
         key_pos = 11.0 * self.key + np.array([1.5, -1.5, 0.0])
         to_light = key_pos - ground
-        dist2 = np.sum(to_light ** 2, axis=-1)
-        falloff = 110.0 * to_light[..., 2] / dist2 ** 1.5
+        dist2 = np.sum(to_light**2, axis=-1)
+        falloff = 110.0 * to_light[..., 2] / dist2**1.5
         self.ground_key = (0.16 * falloff).astype(np.float32)  # Linear radiance from the key light.
         # Its 2x2 block means, for shading shadows at half resolution.
         self.ground_key2 = self.ground_key.reshape(HEIGHT // 2, 2, WIDTH // 2, 2).mean(axis=(1, 3))
@@ -95,12 +98,12 @@ def _tent_blur(mask, radius):
     a = mask.view(np.uint8).astype(np.int16)  # Sums reach k ** 4 = 625 for radius 2.
     for axis in (0, 1, 0, 1):
         n = a.shape[axis] - 2 * radius
-        part = (lambda i: a[i:i + n]) if axis == 0 else (lambda i: a[:, i:i + n])
+        part = (lambda i, a=a, n=n: a[i : i + n]) if axis == 0 else (lambda i, a=a, n=n: a[:, i : i + n])
         total = part(0) + part(1)
         for i in range(2, k):
             total += part(i)
         a = total
-    return a.astype(np.float32) * np.float32(1 / k ** 4)
+    return a.astype(np.float32) * np.float32(1 / k**4)
 
 
 def _shade(renderer, obj, normal, view):
@@ -167,29 +170,31 @@ def _floor(rd, objects, centres):
     pts = np.concatenate([corners, corners - rd.key * (corners[..., 2:] / rd.key[2])], axis=1)
     pts[..., 2] = 0.0
     region = None  # Union of the shadow boxes, in half-resolution pixels.
-    for obj, box, (cx, cy, cz) in zip(objects, screen_boxes(rd, pts, pad=4 * _SHADOW_BLUR + 2),
-                                      centres.tolist()):
+    for obj, box, (cx, cy, cz) in zip(objects, screen_boxes(rd, pts, pad=4 * _SHADOW_BLUR + 2), centres.tolist()):
         if box is None:
             continue
         x0, x1, y0, y1 = box[0] // 2, (box[1] + 1) // 2, box[2] // 2, (box[3] + 1) // 2
         gx = rd.ground_x2[y0:y1, x0:x1] - cx
         gy = rd.ground_y2[y0:y1, x0:x1] - cy
-        sub = hard[y0 + margin:y1 + margin, x0 + margin:x1 + margin]
+        sub = hard[y0 + margin : y1 + margin, x0 + margin : x1 + margin]
         sub |= np.isfinite(hit_distance(obj, gx, gy, -cz, kx, ky, kz))
-        region = (x0, x1, y0, y1) if region is None else (
-            min(region[0], x0), max(region[1], x1), min(region[2], y0), max(region[3], y1))
+        region = (
+            (x0, x1, y0, y1)
+            if region is None
+            else (min(region[0], x0), max(region[1], x1), min(region[2], y0), max(region[3], y1))
+        )
     if region is None:
         return floor
     x0, x1, y0, y1 = region
     # A tent of radius ~2 * 2 * _SHADOW_BLUR full-resolution pixels.
-    soft = _tent_blur(hard[y0:y1 + 2 * margin, x0:x1 + 2 * margin], _SHADOW_BLUR)
+    soft = _tent_blur(hard[y0 : y1 + 2 * margin, x0 : x1 + 2 * margin], _SHADOW_BLUR)
     shadowed = soft > 0
     # Shaded at half resolution too: the floor's key light changes by < 0.2
     # display levels across a 2x2 block.
     shade = _to_display(_GROUND_AMBIENT + rd.ground_key2[y0:y1, x0:x1] * (1.0 - soft))
     for dy in (0, 1):
         for dx in (0, 1):
-            np.copyto(floor[2 * y0 + dy:2 * y1:2, 2 * x0 + dx:2 * x1:2], shade, where=shadowed)
+            np.copyto(floor[2 * y0 + dy : 2 * y1 : 2, 2 * x0 + dx : 2 * x1 : 2], shade, where=shadowed)
     return floor
 
 
