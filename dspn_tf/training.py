@@ -1,6 +1,6 @@
 """Losses of a whole model on a batch, and the distributed train step.
 
-The trainer side of the training loop (STYLE: Orbit): it owns the model, the
+The trainer side of the training loop (Orbit's StandardTrainer role): it owns the model, the
 optimizer and the loss settings, and builds one `tf.function` train step. The
 outer loop (steps, checkpoints, summaries, evaluation) lives in `train/`.
 """

@@ -29,10 +29,10 @@ def _built(task, decoder, set_encoder, image_encoder):
         iters=1,
     )
     if task == "autoencoder":
-        model({"set": tf.zeros([1, 5, 3]), "mask": tf.ones([1, 5])}, iters=0)
+        model.build_on_zeros((5, 3))
     else:
         # ResNet34 and its head need 128 px to reach a 1×1 map (ResNet18's head a 2×2 one).
-        model(tf.zeros([1, 128, 128, 3]), iters=0)
+        model.build_on_zeros((128, 128, 3))
     return model
 
 

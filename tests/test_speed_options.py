@@ -27,10 +27,10 @@ def _tiny_trainer(jit_compile, loss, iters=3):
     task = "autoencoder" if loss == "chamfer" else "image"
     model = build_model(task, decoder="dspn", set_size=6, set_channels=2, dim=16, latent=8, iters=iters)
     if task == "autoencoder":
-        model({"set": tf.zeros([1, 6, 2]), "mask": tf.zeros([1, 6])}, iters=0)
+        model.build_on_zeros((6, 2))
         settings = LossSettings(set_key="set", loss="chamfer", all_steps=True)
     else:
-        model(tf.zeros([1, 16, 16, 3]), iters=0)
+        model.build_on_zeros((16, 16, 3))
         settings = LossSettings(set_key="set", loss="hungarian", all_steps=False, repr_lambda=0.1)
     optimizer = keras.optimizers.Adam(1e-2)
     optimizer.build(model.trainable_variables)

@@ -306,8 +306,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         keras.utils.set_random_seed(1)
         with strategy.scope():
             model = build_model("image", decoder="dspn", set_size=4, set_channels=18, dim=8, latent=8,
-                                image_encoder="conv", iters=2)
-            model(tf.zeros([1, 16, 16, 3]), iters=0)
+                                image_encoder="conv", iters=2, input_shape=(16, 16, 3))
             # SGD: the update is proportional to the summed gradient (Adam's
             # normalisation would blow float round-off in tiny gradients up).
             opt = keras.optimizers.SGD(0.1)
