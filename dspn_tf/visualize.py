@@ -22,18 +22,19 @@ def _row(panels):
 
 
 def _points_panel(points, mask, size):
-    """Points (row, col) in [0, 1] drawn as 2×2 dots, darkness by mask value."""
+    """Points (row, col) in [0, 1] drawn as square dots, darkness (opacity) by mask value."""
+    dot = max(2, size // 40)  # 2 px at 64, 3 px at the default 128.
     panel = np.full((size, size), 255.0)
     mask = np.clip(np.asarray(mask, np.float64), 0.0, 1.0)
-    rc = np.clip(np.round(np.asarray(points[:, :2]) * (size - 2)), 0, size - 2).astype(int)
+    rc = np.clip(np.round(np.asarray(points[:, :2]) * (size - dot)), 0, size - dot).astype(int)
     # Draw faint points first so confident ones stay visible on top.
     for i in np.argsort(mask):
         r, c = rc[i]
-        panel[r : r + 2, c : c + 2] = np.minimum(panel[r : r + 2, c : c + 2], 255.0 * (1.0 - mask[i]))
+        panel[r : r + dot, c : c + dot] = np.minimum(panel[r : r + dot, c : c + dot], 255.0 * (1.0 - mask[i]))
     return np.repeat(panel.astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def set_progression(sets, masks, target_set, target_mask, size=64):
+def set_progression(sets, masks, target_set, target_mask, size=128):
     """set-MNIST: the predicted point set at every step, then the target.
 
     Args:
