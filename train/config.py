@@ -92,6 +92,8 @@ class RunConfig:
     all_steps: bool
     export_keras: bool
     max_iters: int
+    # train.pictures.
+    picture_examples: int
     # Not flags: the last --flagfile of the command line (absl consumes it
     # while parsing) and every flag's value as text, for `flags.txt`.
     flagfile: str | None = None

@@ -146,3 +146,6 @@ flags.DEFINE_integer("keep_versions", 0, "Keep only the newest this many version
 flags.DEFINE_bool("all_steps", False, "Also export serving_all_steps / decode_all_steps (every inner step).")
 flags.DEFINE_bool("export_keras", True, "Also write <version>/assets.extra/model.keras.")
 flags.DEFINE_integer("max_iters", 100, "Largest `iters` a request may ask for.")
+
+# train.pictures.
+flags.DEFINE_integer("picture_examples", 3, "train.pictures: held-out examples drawn, one row each.")

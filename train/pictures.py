@@ -1,0 +1,80 @@
+r"""Writes progression pictures of a trained run as a PNG (for documentation and reports).
+
+    python -m train.pictures --flagfile=configs/clevr_mini_state_autoencoder_dspn.cfg \
+        --output=docs/images/state_autoencoder.png [--checkpoint=PATH] [--picture_examples=3]
+
+Restores the run's newest checkpoint (or --checkpoint), decodes the first
+held-out examples with the largest --eval_iters and stacks one row per
+example: the prediction at every inner step, then the truth. set-MNIST sets
+are drawn as points with their mask as darkness; CLEVR object states (both
+the auto-encoder and the image task) from above, with the predicted colour,
+shape, size and material and the mask as opacity; CLEVR boxes on the image.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import app
+
+from dspn_tf import visualize
+from dspn_tf.data import clevr
+from train import checkpoints
+from train import config as config_lib
+
+
+def progression_rows(model, batch, set_key, iters, count):
+    """One picture row (uint8 `[H, W, 3]`) per example: every inner step, then the truth."""
+    out = model(model.inputs_of(batch, set_key), iters=iters if model.iterative else None, training=False)
+    sets, masks = out["sets"].numpy(), out["masks"].numpy()
+    target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
+    rows = []
+    for i in range(min(count, sets.shape[1])):
+        if set_key == "set":
+            rows.append(visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i]))
+        elif set_key == "state":
+            rows.append(
+                visualize.state_progression(sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+            )
+        else:
+            image = batch["image"].numpy()[i]
+            rows.append(visualize.boxes_progression(image, sets[:, i], masks[:, i], target[i], target_mask[i]))
+    return rows
+
+
+def stack_rows(rows, gap=4):
+    """Rows of possibly different widths stacked vertically on white."""
+    width = max(r.shape[1] for r in rows)
+    padded = []
+    for r in rows:
+        canvas = np.full((r.shape[0] + gap, width, 3), 255, np.uint8)
+        canvas[: r.shape[0], : r.shape[1]] = r
+        padded.append(canvas)
+    return np.concatenate(padded, axis=0)[:-gap]
+
+
+def main(argv):
+    del argv
+    config = config_lib.from_flags()
+    if not config.output:
+        raise ValueError("train.pictures: set --output to the PNG file to write.")
+    model = config_lib.build_model(config)
+    step = tf.Variable(0, dtype=tf.int64, name="step")
+    path = checkpoints.restore(
+        {"model": model, "step": step}, os.path.join(config.model_dir, "checkpoints"), config.checkpoint
+    )
+    batch = next(iter(config_lib.eval_batches(config)))
+    iters = max(config_lib.eval_iters(config))
+    picture = stack_rows(
+        progression_rows(model, batch, config_lib.task(config).set_key, iters, config.picture_examples)
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
+    tf.io.write_file(config.output, tf.io.encode_png(picture))
+    print(
+        f"Wrote {picture.shape[1]}x{picture.shape[0]} px of {path} (step {int(step)}, {iters} inner steps) to "
+        f"{config.output}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
