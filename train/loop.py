@@ -6,23 +6,51 @@ writing checkpoints, the NaN guard, summaries, pictures and the evaluation
 cadence.
 """
 
+import errno
 import math
 import os
+import signal
+import threading
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from dspn_tf import evaluation, visualize
 from dspn_tf.data import clevr
 from dspn_tf.training import is_chief
-from train import checkpoints
+from train import checkpoints, progress
 from train import config as config_lib
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is left untouched."""
+
+
+# The exit code of a run stopped by SIGTERM after it saved its checkpoint:
+# 128 + SIGTERM, what a shell reports for a process killed by SIGTERM, so a
+# scheduler (Kubernetes Job, Slurm requeue) treats the run as interrupted and
+# restarts it instead of marking it complete (exit code 0).
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class Preempted(SystemExit):
+    """SIGTERM stopped the run between two steps after a checkpoint of the last completed step was written.
+
+    A `SystemExit` with `PREEMPTED_EXIT_CODE`, so the entry point ends without a
+    traceback and restarting the same command resumes from that checkpoint.
+    """
+
+    def __init__(self, message):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+class DiskFullError(OSError):
+    """A checkpoint could not be written because its file system is full; the previous checkpoint is kept."""
 
 
 class Loop:
@@ -57,6 +85,8 @@ class Loop:
         else:
             self.train_writer = self.eval_writer = tf.summary.create_noop_writer()
         self.picture_batch = next(iter(eval_dataset))
+        self.saved_step = int(self.step) if self.manager.latest_checkpoint else None
+        self._stop_signal = None
 
     def _checkpoint_manager(self):
         """Restores the newest checkpoint of the run, if any; returns the manager that saves new ones."""
@@ -83,24 +113,21 @@ class Loop:
     def run(self):
         """Trains from the current step to `total_steps`; returns the running-mean loss."""
         config = self.config
-        progbar = keras.utils.Progbar(self.total_steps, stateful_metrics=["loss"], verbose=1 if config.progress else 0)
+        progbar = progress.bar(self.total_steps, enabled=config.progress)
         progbar.update(int(self.step))
         start, first_step, running = time.time(), int(self.step), None
-        while int(self.step) < self.total_steps:
-            iters = config_lib.iters_at(self.schedule, int(self.step))
-            values = self.trainer.train_step(self.trainer.split(next(self.iterator)), iters=iters)
-            loss = float(values["train/loss"])
-            if not math.isfinite(loss):
-                # The update of this step is not saved: the newest checkpoint on
-                # disk is the last good state.
-                raise NonFiniteLossError(
-                    f"The loss became {loss} at step {int(self.step) + 1}; stopping. The last good checkpoint is "
-                    f"{self.manager.latest_checkpoint or '(none yet)'} and was left untouched."
-                )
-            self.step.assign_add(1)
-            running = loss if running is None else 0.98 * running + 0.02 * loss
-            progbar.update(int(self.step), values=[("loss", running)])
-            self._after_step(int(self.step), values)
+        previous_handler = self._catch_sigterm()
+        try:
+            while int(self.step) < self.total_steps:
+                if self._stop_signal is not None:
+                    self._stop_for_preemption()
+                running = self._one_step(progbar, running)
+            if self._stop_signal is not None:
+                # SIGTERM during the last step: its checkpoint is written; skip what follows the loop.
+                self._stop_for_preemption()
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
         elapsed, steps_run = time.time() - start, int(self.step) - first_step
         if steps_run:
             print(
@@ -108,6 +135,75 @@ class Loop:
                 f"{self.trainer.traces} trace(s) of the train step.",
                 flush=True,
             )
+        return running
+
+    def _catch_sigterm(self):
+        """Makes SIGTERM set a flag that `run` reads between steps; returns the handler it replaced, or None.
+
+        A plain handler rather than `tf.distribute.experimental.PreemptionCheckpointHandler`:
+        that class supports only MultiWorkerMirroredStrategy and TPUStrategy (not the default
+        single-device or mirrored runs), restores and numbers checkpoints itself by its own run
+        counter, and exits through its own `exit_fn`; the loop already owns the step counter,
+        the resume and the checkpoint numbering. Several workers are left to the default
+        action (the process dies; the chief's last periodic checkpoint is the resume point):
+        one worker saving alone would wait forever in the collective save.
+        """
+        if self.trainer.workers != 1 or threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigterm(signum, frame):
+            del frame
+            self._stop_signal = signum
+
+        return signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _stop_for_preemption(self):
+        """Writes the checkpoint of the last completed step (unless it exists) and raises `Preempted`."""
+        current = int(self.step)
+        if self.saved_step != current:
+            self._save(current)
+        self.train_writer.flush()
+        self.eval_writer.flush()
+        message = (
+            f"SIGTERM received: stopped after step {current} of {self.total_steps}; checkpoint "
+            f"{self.manager.latest_checkpoint} holds it. Restart the same command to resume "
+            f"(exit code {PREEMPTED_EXIT_CODE})."
+        )
+        print(message, flush=True)
+        raise Preempted(message)
+
+    def _save(self, current):
+        """Saves the checkpoint of step `current`; a full disk raises `DiskFullError` naming the folder."""
+        try:
+            self.manager.save(checkpoint_number=current)
+        except (OSError, tf.errors.OpError) as e:
+            if not _is_disk_full(e):
+                raise
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"No space left on the device while writing the checkpoint of step {current} to "
+                f"{self.manager.directory}; the previous checkpoint "
+                f"{self.manager.latest_checkpoint or '(none yet)'} is kept. Free space and restart the same "
+                f"command to resume from it. ({e})",
+            ) from e
+        self.saved_step = current
+
+    def _one_step(self, progbar, running):
+        """Runs one training step with its summaries, checkpoint and evaluation; returns the running loss."""
+        iters = config_lib.iters_at(self.schedule, int(self.step))
+        values = self.trainer.train_step(self.trainer.split(next(self.iterator)), iters=iters)
+        loss = float(values["train/loss"])
+        if not math.isfinite(loss):
+            # The update of this step is not saved: the newest checkpoint on
+            # disk is the last good state.
+            raise NonFiniteLossError(
+                f"The loss became {loss} at step {int(self.step) + 1}; stopping. The last good checkpoint is "
+                f"{self.manager.latest_checkpoint or '(none yet)'} and was left untouched."
+            )
+        self.step.assign_add(1)
+        running = loss if running is None else 0.98 * running + 0.02 * loss
+        progbar.update(int(self.step), values=[("loss", running)])
+        self._after_step(int(self.step), values)
         return running
 
     def _after_step(self, current, values):
@@ -120,7 +216,7 @@ class Loop:
             with self.train_writer.as_default(step=current):
                 write_pictures(self.trainer.model, self.picture_batch, self.settings.set_key, current)
         if current % config.checkpoint_every == 0 or last:
-            self.manager.save(checkpoint_number=current)
+            self._save(current)
         if config.eval_every and current % config.eval_every == 0 and not last:
             self.evaluate()
 
@@ -145,6 +241,12 @@ class Loop:
                     if name != "num_examples":
                         tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
         return results
+
+
+def _is_disk_full(error):
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return "No space left on device" in str(error)
 
 
 def write_pictures(model, batch, set_key, step):
