@@ -7,6 +7,9 @@ Box AP (IoU 0.5 … 0.95), state AP (inf, 1, 0.5, 0.25, 0.125; DSPN reference
 definition, docs/algorithm.md) or Chamfer (set-MNIST), written as JSON and printed.
 """
 
+from train import startup  # noqa: F401  First: keeps TensorFlow's C++ start-up logging out (train/startup.py).
+
+# isort: split
 import os
 
 import tensorflow as tf

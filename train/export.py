@@ -10,6 +10,9 @@ restored into it and `dspn_tf.export.export_model` writes the next version
 `<export_base>/<version>/`.
 """
 
+from train import startup  # noqa: F401  First: keeps TensorFlow's C++ start-up logging out (train/startup.py).
+
+# isort: split
 import os
 
 from absl import app

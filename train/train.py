@@ -5,6 +5,9 @@ r"""Trains a DSPN (or a baseline decoder) and evaluates it.
 Restarting the same command resumes from the newest checkpoint in --model_dir.
 """
 
+from train import startup  # noqa: F401  First: keeps TensorFlow's C++ start-up logging out (train/startup.py).
+
+# isort: split
 import os
 import sys
 
@@ -50,10 +53,27 @@ def main(argv):
         jit_compile=config.jit_compile,
     )
     loop = Loop(config, trainer, iter(train_ds), config_lib.eval_batches(config), total_steps=total, schedule=schedule)
-    print(f"Training {config.decoder} on {config.dataset} ({train_size} examples) for {total} steps.", flush=True)
+    print(describe_run(config, model, train_size, total), flush=True)
     loop.run()
     if config.evaluate_at_end and loop.chief:
         report(config, loop.evaluate(), int(loop.step))
+
+
+def describe_run(config, model, train_size, total):
+    """What the run uses, printed before the first step: data, model size, step budget."""
+    source = config.data_source
+    if source in ("generated", "tfds") or config.dataset == "clevr_state_autoencoder":
+        source += f", cache {config_lib.cache_dir(config)}"
+    inner = f", {config.iters} inner steps" if config.decoder == "dspn" else ""
+    epochs = total * config.batch_size / train_size
+    return "\n".join(
+        [
+            f"Data: {config.dataset} from {source}: {train_size:,} training examples.",
+            f"Model: {type(model).__name__} with a {config.decoder} decoder{inner}, {model.count_params():,} parameters.",
+            f"Budget: {total:,} steps of batch {config.batch_size} ({epochs:.1f} epochs); "
+            f"run directory {config.model_dir}.",
+        ]
+    )
 
 
 def report(config, results, step):
