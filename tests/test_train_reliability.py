@@ -3,14 +3,19 @@
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 
+import pytest
 import tensorflow as tf
 
 from tests.test_train import ROOT, TINY, loss_by_step, run
+from train import checkpoints
+from train import evaluate as evaluate_main
+from train import export as export_main
 from train import loop as loop_lib
 
 CONFIG = os.path.join(ROOT, "configs/clevr_mini_state_autoencoder_mlp.cfg")
@@ -88,3 +93,97 @@ def test_sigterm_checkpoints_the_last_completed_step_and_resumes(tmp_path, capsy
     assert f"ckpt-{stopped} at step {stopped}." in out
     assert "Trained 3 steps" in out
     assert _checkpoint_steps(model_dir)[-1] == stopped + 3
+
+
+DSPN_CONFIG = os.path.join(ROOT, "configs/clevr_mini_state_autoencoder_dspn.cfg")
+
+
+def _dspn_argv(model_dir, cache, *extra):
+    return [a.replace(CONFIG, DSPN_CONFIG) for a in _argv(model_dir, cache, *extra)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A DSPN run directory with ckpt-2 and ckpt-4 (copy it before damaging it)."""
+    root = tmp_path_factory.mktemp("trained")
+    model_dir, cache = str(root / "run"), str(root / "cache")
+    run(_dspn_argv(model_dir, cache, "--train_steps=4", "--checkpoint_every=2", "--deterministic"))
+    assert _checkpoint_steps(model_dir) == [2, 4]
+    return model_dir, cache
+
+
+def _copy(trained, tmp_path):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(trained[0], model_dir)
+    return model_dir, trained[1]
+
+
+def _damage(prefix, how):
+    """Truncates or corrupts a file of checkpoint `prefix`; returns the damaged file's path."""
+    data = glob.glob(prefix + ".data-*")[0]
+    if how == "truncate_index":
+        target, size = prefix + ".index", os.path.getsize(prefix + ".index")
+        with open(target, "r+b") as f:
+            f.truncate(size // 2)
+        return target
+    size = os.path.getsize(data)
+    with open(data, "r+b") as f:
+        if how == "truncate_data":
+            f.truncate(size // 2)
+        else:  # Same size, flipped bytes in the middle: only the checksums can tell.
+            f.seek(size // 2)
+            chunk = f.read(64)
+            f.seek(size // 2)
+            f.write(bytes(b ^ 0xFF for b in chunk))
+    return data
+
+
+@pytest.mark.parametrize("how", ["truncate_data", "corrupt_data", "truncate_index"])
+def test_resume_falls_back_to_the_newest_readable_checkpoint(trained, tmp_path, capsys, how):
+    model_dir, cache = _copy(trained, tmp_path)
+    bad_file = _damage(os.path.join(model_dir, "checkpoints", "ckpt-4"), how)
+    capsys.readouterr()
+    run(_dspn_argv(model_dir, cache, "--train_steps=5", "--checkpoint_every=2", "--deterministic"))
+    out = capsys.readouterr().out
+    assert f"Skipping unreadable checkpoint {os.path.join(model_dir, 'checkpoints', 'ckpt-4')}" in out
+    assert bad_file in out  # The message names the damaged file itself.
+    assert "ckpt-2 at step 2." in out and "Trained 3 steps" in out
+    assert _saved_step(os.path.join(model_dir, "checkpoints", "ckpt-5")) == 5
+
+
+def test_every_checkpoint_unreadable_is_an_error(trained, tmp_path):
+    model_dir, cache = _copy(trained, tmp_path)
+    for step in (2, 4):
+        _damage(os.path.join(model_dir, "checkpoints", f"ckpt-{step}"), "truncate_data")
+    with pytest.raises(checkpoints.CheckpointUnreadableError, match="Every checkpoint in .*ckpt-4.*ckpt-2"):
+        run(_dspn_argv(model_dir, cache, "--train_steps=5"))
+
+
+@pytest.mark.parametrize("entry", [evaluate_main, export_main], ids=["evaluate", "export"])
+def test_explicit_unreadable_checkpoint_is_an_error_naming_it(trained, tmp_path, entry):
+    model_dir, cache = _copy(trained, tmp_path)
+    prefix = os.path.join(model_dir, "checkpoints", "ckpt-4")
+    bad_file = _damage(prefix, "corrupt_data")
+    with pytest.raises(checkpoints.CheckpointUnreadableError) as info:
+        run(_dspn_argv(model_dir, cache, f"--checkpoint={prefix}", "--noexport_keras"), entry=entry)
+    assert f"--checkpoint={prefix} is unreadable" in str(info.value) and bad_file in str(info.value)
+    assert not os.path.exists(os.path.join(model_dir, "export"))
+    # The undamaged older one still works explicitly.
+    run(_dspn_argv(model_dir, cache, f"--checkpoint={prefix[:-1]}2", "--noexport_keras"), entry=entry)
+
+
+@pytest.mark.parametrize("flags", [["--dim=24"], ["--inner_gradient=implicit", "--noloss_all_steps"]], ids=str)
+def test_resume_with_another_configuration_names_the_run_directory(trained, tmp_path, flags):
+    model_dir, cache = _copy(trained, tmp_path)
+    with pytest.raises(checkpoints.CheckpointMismatchError) as info:
+        run(_dspn_argv(model_dir, cache, "--train_steps=6", *flags))
+    message = str(info.value)
+    assert f"Cannot resume the run directory {model_dir}" in message and "ckpt-4" in message
+    assert "fresh --model_dir" in message
+    assert _checkpoint_steps(model_dir) == [2, 4]  # Nothing was overwritten.
+
+
+def test_evaluate_with_another_configuration_is_a_clear_error(trained, tmp_path):
+    model_dir, cache = _copy(trained, tmp_path)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="ckpt-4 does not fit the model built from these"):
+        run(_dspn_argv(model_dir, cache, "--dim=24"), entry=evaluate_main)

@@ -98,7 +98,7 @@ class Loop:
             # hold: they restart their input pipelines instead.
             state["iterator"] = self.iterator
         shared_dir = os.path.join(self.config.model_dir, "checkpoints")
-        latest = checkpoints.restore(state, shared_dir, required=False, partial=False)
+        latest = checkpoints.restore(state, shared_dir, required=False, partial=False, resume=True)
         if latest:
             print(f"Resumed from {latest} at step {int(self.step)}.", flush=True)
         # Saving is collective under multi-worker strategies: every worker writes,
