@@ -152,3 +152,22 @@ def test_implicit_refuses_a_loss_over_all_steps(tmp_path):
             ]
         )
     keras.mixed_precision.set_global_policy("float32")
+
+
+def test_idspn_cpu_config_trains_through_the_entry_point(tmp_path):
+    config = os.path.join(ROOT, "configs/clevr_mini_state_autoencoder_idspn.cfg")
+    model_dir = str(tmp_path / "run")
+    run(
+        [
+            f"--flagfile={config}",
+            *TINY,
+            f"--cache_dir={tmp_path / 'cache'}",
+            f"--model_dir={model_dir}",
+            "--train_steps=2",
+        ]
+    )
+    results = json.load(open(os.path.join(model_dir, "eval_results.json")))
+    assert results["step"] == 2 and set(results["results"]) == {"1", "2"}
+    flags_text = open(os.path.join(model_dir, "flags.txt")).read()
+    for flag in ("--inner_gradient=implicit", "--inner_momentum=0.9", "--inner_clip=0.3", "--noloss_all_steps"):
+        assert flag in flags_text, flag
