@@ -14,13 +14,23 @@ Serving's layout (`saved_model.pb`, `variables/`) with named signatures:
 
 With a `DSPN` decoder every decoding signature has an int32 scalar input
 `iters` whose SignatureDef default is the trained value; the inner loop is a
-graph `while_loop`, so any count in `[1, max_iters]` works without re-export.
+graph `while_loop`, so any count in `[0, max_iters]` works without re-export
+(0: the starting set).
 Baseline decoders have no inner loop and no `iters` input.
 
 Non-finite inputs: a sample whose inputs contain NaN or Inf gets all-NaN
 outputs; the other samples of the batch are computed normally. Nothing is
 raised, so one bad request never fails the requests TF Serving batches with
-it.
+it. A sample whose outputs overflow (any non-finite output value) also gets
+all-NaN outputs, so every sample's outputs are either all finite or all NaN.
+Huge finite inputs (1e30) are decoded normally (tested). A batch of 0 gives
+empty outputs.
+
+`iters = 0` returns the starting set and mask (step 0, no inner step; the
+all-steps signatures return one step and empty `inner_losses` `[batch, 0]`).
+Wrong shapes, ranks and `iters` outside `[0, max_iters]` fail with
+`InvalidArgument`, a wrong dtype is refused by the signature; the loaded
+model keeps serving after any of these.
 
 Versions are written atomically: into a hidden `.tmp-<version>-<pid>`
 directory in `export_base` (not an integer, so TF Serving ignores it), then
@@ -57,8 +67,9 @@ class ServingModule(tf.Module):
         image_size: `(height, width)` of `ImageToSet` inputs. Defaults to
             the size the model was built with.
         max_iters: Largest `iters` a request may ask for; values outside
-            `[1, max_iters]` fail with an error (a bound on the work one
-            request can cause).
+            `[0, max_iters]` fail with `InvalidArgument` (a bound on the work
+            one request can cause). `iters = 0` returns the starting set and
+            mask unchanged (the decoder's step 0).
         all_steps: Also make `serving_all_steps` and `decode_all_steps`.
     """
 
@@ -106,7 +117,7 @@ class ServingModule(tf.Module):
             def encode(set, mask):  # noqa: A002 -- the argument name is the signature's input name.
                 set, mask = _check_input(set, set_spec), _check_input(mask, mask_spec)
                 z = set_encoder(set, mask, training=False)  # Shape: [batch, latent].
-                return {"z": _nan_rows(z, _bad_rows([set, mask]))}
+                return _all_or_nothing({"z": z}, _bad_rows([set, mask]))
 
             self.encode = encode
 
@@ -136,18 +147,26 @@ class ServingModule(tf.Module):
         def run(inputs, iters):
             inputs = [_check_input(x, spec) for x, spec in zip(inputs, specs)]
             bad = _bad_rows(inputs)  # Shape: [batch].
-            out = decoder(to_z(*inputs), iters=iters, training=False)
+            if iters is None:  # A one-shot baseline: its only step.
+                out, last = decoder(to_z(*inputs), training=False), -1
+            else:
+                # iters = 0 returns the starting set. DSPN's graph loop cannot stack
+                # its empty per-step losses for 0 steps with a dynamic batch, so it
+                # runs one step and index 0 (the starting set) is read off it.
+                out, last = decoder(to_z(*inputs), iters=tf.maximum(iters, 1), training=False), iters
+            sets, masks = out["sets"], out["masks"]  # Shape: [T + 1, batch, N, C], [T + 1, batch, N].
             if final_step:
-                return {
-                    "set": _nan_rows(out["sets"][-1], bad),  # Shape: [batch, N, C].
-                    "mask": _nan_rows(out["masks"][-1], bad),  # Shape: [batch, N].
-                }
+                return _all_or_nothing({"set": sets[last], "mask": masks[last]}, bad)  # [batch, N, C], [batch, N].
+            losses = out["inner_losses"]  # Shape: [T, batch].
+            if iters is not None:
+                sets, masks, losses = sets[: iters + 1], masks[: iters + 1], losses[:iters]
             # Batch-major, because TF Serving's REST API splits outputs along axis 0.
-            return {
-                "sets": _nan_rows(tf.transpose(out["sets"], [1, 0, 2, 3]), bad),  # Shape: [batch, T + 1, N, C].
-                "masks": _nan_rows(tf.transpose(out["masks"], [1, 0, 2]), bad),  # Shape: [batch, T + 1, N].
-                "inner_losses": _nan_rows(tf.transpose(out["inner_losses"]), bad),  # Shape: [batch, T].
+            outputs = {
+                "sets": tf.transpose(sets, [1, 0, 2, 3]),  # Shape: [batch, T + 1, N, C].
+                "masks": tf.transpose(masks, [1, 0, 2]),  # Shape: [batch, T + 1, N].
+                "inner_losses": tf.transpose(losses),  # Shape: [batch, T].
             }
+            return _all_or_nothing(outputs, bad)
 
         if not self.iterative:
             # Signature input names are the Python argument names, so each
@@ -167,11 +186,9 @@ class ServingModule(tf.Module):
 
         def checked(iters):
             iters = tf.ensure_shape(iters, [])
-            # At least one step: DSPN's graph loop cannot stack its empty
-            # per-step losses for iters = 0 with a dynamic batch.
-            in_range = tf.logical_and(iters >= 1, iters <= max_iters)
+            in_range = tf.logical_and(iters >= 0, iters <= max_iters)
             check = tf.debugging.Assert(
-                in_range, ["`iters` must be in [1, max_iters]; max_iters, iters:", max_iters, iters]
+                in_range, ["`iters` must be in [0, max_iters]; max_iters, iters:", max_iters, iters]
             )
             with tf.control_dependencies([check]):
                 return tf.identity(iters)
@@ -223,6 +240,15 @@ def _bad_rows(inputs):
         row = tf.logical_not(tf.reduce_all(tf.math.is_finite(x), axis=list(range(1, x.shape.rank))))
         bad = row if bad is None else tf.logical_or(bad, row)
     return bad
+
+
+def _all_or_nothing(outputs, bad):
+    """Every output row of a sample in `bad`, or with any non-finite output value (an overflow), becomes NaN.
+
+    So each sample's outputs are either all finite or all NaN, whatever its inputs.
+    """
+    bad = tf.logical_or(bad, _bad_rows(list(outputs.values())))
+    return {name: _nan_rows(x, bad) for name, x in outputs.items()}
 
 
 def _nan_rows(x, bad):
