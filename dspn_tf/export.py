@@ -37,9 +37,11 @@ directory in `export_base` (not an integer, so TF Serving ignores it), then
 renamed to `<version>`. The Keras model goes inside the version, in
 `<version>/assets.extra/model.keras`, the SavedModel directory for files that
 travel with a model but are not part of it, so it is versioned, written and
-pruned together with the SavedModel.
+pruned together with the SavedModel. A write that fails on a full disk
+(ENOSPC) removes the partial version and raises `DiskFullError` naming where.
 """
 
+import errno
 import os
 import re
 import shutil
@@ -53,6 +55,16 @@ KERAS_FILENAME = os.path.join("assets.extra", "model.keras")
 _HIDDEN = re.compile(r"^\.(?:tmp|del)-(\d+)-(\d+)$")
 # Ops that call back into Python; a servable graph must not contain them.
 PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+class DiskFullError(OSError):
+    """An export version could not be written because the disk is full; earlier versions are untouched."""
+
+
+def _is_disk_full(error):
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return isinstance(error, (OSError, tf.errors.OpError)) and "No space left on device" in str(error)
 
 
 class ServingModule(tf.Module):
@@ -308,8 +320,15 @@ def export_model(model, export_base, *, keep=None, all_steps=False, save_keras=T
                     shutil.rmtree(tmp, ignore_errors=True)
                     continue
                 raise
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if _is_disk_full(e):
+                raise DiskFullError(
+                    errno.ENOSPC,
+                    f"export_model: no space left on the device while writing version {version} to {tmp}; "
+                    f"the partial version was removed and the existing versions of {export_base} "
+                    f"({list_versions(export_base) or 'none'}) are untouched. Free space and export again. ({e})",
+                ) from e
             raise
         break
     if keep is not None:

@@ -1,5 +1,6 @@
 """Reliability drills of the training entry point: SIGTERM, damaged checkpoints, a full disk (issue 13)."""
 
+import errno
 import glob
 import os
 import re
@@ -12,6 +13,8 @@ import threading
 import pytest
 import tensorflow as tf
 
+from dspn_tf import DSPN, FSEncoder, export
+from dspn_tf.models import SetAutoEncoder
 from tests.test_train import ROOT, TINY, loss_by_step, run
 from train import checkpoints
 from train import evaluate as evaluate_main
@@ -187,3 +190,61 @@ def test_evaluate_with_another_configuration_is_a_clear_error(trained, tmp_path)
     model_dir, cache = _copy(trained, tmp_path)
     with pytest.raises(checkpoints.CheckpointMismatchError, match="ckpt-4 does not fit the model built from these"):
         run(_dspn_argv(model_dir, cache, "--dim=24"), entry=evaluate_main)
+
+
+@pytest.mark.parametrize("kind", ["oserror", "tf_error"])
+def test_disk_full_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys, kind):
+    model_dir, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+    original = tf.train.Checkpoint._write
+    calls = []
+
+    def write(self, prefix, *args, **kwargs):
+        calls.append(prefix)
+        if len(calls) < 2:
+            return original(self, prefix, *args, **kwargs)
+        # Half a file in TF's temporary folder, as a real ENOSPC mid-write leaves it.
+        os.makedirs(prefix + "_temp", exist_ok=True)
+        with open(os.path.join(prefix + "_temp", "part-00000-of-00001.data-00000-of-00001"), "wb") as f:
+            f.write(b"\0" * 100)
+        if kind == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device", prefix)
+        raise tf.errors.UnknownError(None, None, f"{prefix}_temp/part-00000-of-00001.data: No space left on device")
+
+    monkeypatch.setattr(tf.train.Checkpoint, "_write", write)
+    with pytest.raises(loop_lib.DiskFullError) as info:
+        run(_argv(model_dir, cache, "--train_steps=6", "--checkpoint_every=2"))
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert "No space left" in message and os.path.join(model_dir, "checkpoints") in message
+    assert "step 4" in message and "ckpt-2 is kept" in message
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
+    monkeypatch.setattr(tf.train.Checkpoint, "_write", original)
+    capsys.readouterr()
+    run(_argv(model_dir, cache, "--train_steps=6", "--checkpoint_every=2"))
+    assert "ckpt-2 at step 2." in capsys.readouterr().out
+    assert _checkpoint_steps(model_dir) == [2, 4, 6]
+
+
+def test_disk_full_export_keeps_the_previous_versions(tmp_path, monkeypatch):
+    model = SetAutoEncoder(DSPN(FSEncoder(dim=8, latent=4), set_size=3, set_channels=2, iters=2))
+    model({"set": tf.zeros([1, 3, 2]), "mask": tf.ones([1, 3])})
+    base = str(tmp_path / "export")
+    first = export.export_model(model, base, save_keras=False)
+    original = tf.saved_model.save
+
+    def save(obj, export_dir, *args, **kwargs):
+        original(obj, export_dir, *args, **kwargs)
+        with open(os.path.join(export_dir, "variables", "variables.data-00000-of-00001"), "r+b") as f:
+            f.truncate(10)  # What a full disk leaves of the last file.
+        raise OSError(errno.ENOSPC, "No space left on device", export_dir)
+
+    monkeypatch.setattr(tf.saved_model, "save", save)
+    with pytest.raises(export.DiskFullError) as info:
+        export.export_model(model, base, save_keras=False)
+    message = str(info.value)
+    assert "no space left" in message and base in message and "version 2" in message and "[1]" in message
+    assert sorted(os.listdir(base)) == ["1"]  # No version 2, no temporary directory left.
+    loaded = tf.saved_model.load(first)
+    assert loaded.signatures["serving_default"](set=tf.zeros([1, 3, 2]), mask=tf.ones([1, 3]), iters=tf.constant(2))[
+        "set"
+    ].shape == (1, 3, 2)

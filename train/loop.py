@@ -244,8 +244,9 @@ class Loop:
 
 
 def _is_disk_full(error):
-    if isinstance(error, OSError):
-        return error.errno == errno.ENOSPC
+    """ENOSPC as a Python OSError, or TF's file-system error carrying the OS message."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
     return "No space left on device" in str(error)
 
 
