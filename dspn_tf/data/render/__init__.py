@@ -38,6 +38,7 @@ from dspn_tf.data.render.scenes import (  # noqa: F401
     RELATION_EPS,
     generate_scenes,
     make_scene,
+    worker_count,
 )
 from dspn_tf.data.render.shading import render_scene, renderer  # noqa: F401
 
@@ -117,13 +118,7 @@ def _checked_arguments(num_train, num_val, seed, workers, chunk_size):
             raise ValueError(f"{name} must be a non-negative integer; received {value!r}")
     if num_train + num_val == 0:
         raise ValueError("num_train and num_val are both 0: nothing to generate")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer; received {workers!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; received {chunk_size!r}")
-    return workers
+    return worker_count(workers, chunk_size)
 
 
 def _write_scene_files(root, tasks, results, seed):

@@ -147,12 +147,7 @@ def generate_scenes(count, *, split, seed=0, workers=None, chunk_size=500):
             raise ValueError(f"{name} must be a non-negative integer; received {value!r}")
     if split not in SPLIT_IDS:
         raise ValueError(f"split must be one of {', '.join(SPLIT_IDS)}; received {split!r}")
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer; received {workers!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer; received {chunk_size!r}")
+    workers = worker_count(workers, chunk_size)
     tasks = [(seed, split, s, min(s + chunk_size, count)) for s in range(0, count, chunk_size)]
     if workers == 1 or len(tasks) <= 1:
         results = list(map(_scene_chunk, tasks))
@@ -161,3 +156,14 @@ def generate_scenes(count, *, split, seed=0, workers=None, chunk_size=500):
         with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
             results = pool.map(_scene_chunk, tasks, chunksize=1)
     return [scene for chunk in results for scene in chunk]
+
+
+def worker_count(workers, chunk_size):
+    """The processes to use (None: all CPUs) once `workers` and `chunk_size` are checked; ValueError names the bad one."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer; received {workers!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer; received {chunk_size!r}")
+    return workers
