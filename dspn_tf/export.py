@@ -159,19 +159,12 @@ class ServingModule(tf.Module):
         def run(inputs, iters):
             inputs = [_check_input(x, spec) for x, spec in zip(inputs, specs)]
             bad = _bad_rows(inputs)  # Shape: [batch].
-            if iters is None:  # A one-shot baseline: its only step.
-                out, last = decoder(to_z(*inputs), training=False), -1
-            else:
-                # iters = 0 returns the starting set. DSPN's graph loop cannot stack
-                # its empty per-step losses for 0 steps with a dynamic batch, so it
-                # runs one step and index 0 (the starting set) is read off it.
-                out, last = decoder(to_z(*inputs), iters=tf.maximum(iters, 1), training=False), iters
+            # A one-shot baseline has no `iters` (its only step); iters = 0 returns the starting set.
+            out = decoder(to_z(*inputs), iters=iters, training=False)
             sets, masks = out["sets"], out["masks"]  # Shape: [T + 1, batch, N, C], [T + 1, batch, N].
             if final_step:
-                return _all_or_nothing({"set": sets[last], "mask": masks[last]}, bad)  # [batch, N, C], [batch, N].
+                return _all_or_nothing({"set": sets[-1], "mask": masks[-1]}, bad)  # [batch, N, C], [batch, N].
             losses = out["inner_losses"]  # Shape: [T, batch].
-            if iters is not None:
-                sets, masks, losses = sets[: iters + 1], masks[: iters + 1], losses[:iters]
             # Batch-major, because TF Serving's REST API splits outputs along axis 0.
             outputs = {
                 "sets": tf.transpose(sets, [1, 0, 2, 3]),  # Shape: [batch, T + 1, N, C].
