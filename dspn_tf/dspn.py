@@ -312,25 +312,21 @@ class DSPN(keras.layers.Layer):
         else:
             iters = _checked_tensor_iters(iters)
         state, start = self._initial_state(z, training)
-        if not training:
-            return (
-                self._looped(z, state, start, iters, training)
-                if not static
-                else self._unrolled(z, state, start, iters, training, differentiable=False)
+        if training and self.gradient == "implicit":
+            return self._implicit(z, state, start, iters, training)
+        if static:
+            return self._unrolled(z, state, start, iters, training)
+        if training:
+            raise ValueError(
+                "DSPN: unrolled training differentiates through every inner step, which needs a Python int "
+                f"`iters`; received a tensor ({iters!r}). Pass an int, or use gradient='implicit'."
             )
-        if self.gradient == "unrolled":
-            if not static:
-                raise ValueError(
-                    "DSPN: unrolled training differentiates through every inner step, which needs a Python int "
-                    f"`iters`; received a tensor ({iters!r}). Pass an int, or use gradient='implicit'."
-                )
-            return self._unrolled(z, state, start, iters, training, differentiable=True)
-        return self._implicit(z, state, start, iters, training)
+        return self._looped(z, state, start, iters, training)
 
-    def _unrolled(self, z, state, start, iters, training, differentiable):
+    def _unrolled(self, z, state, start, iters, training):
         records = [(state[0], state[1], None, None)]
         for _ in range(iters):
-            if not differentiable:
+            if not training:
                 # At inference nothing needs the graph across steps.
                 state = tf.nest.map_structure(tf.stop_gradient, state)
             state, loss, norm = self._step(z, state, start, training)
