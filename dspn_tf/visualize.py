@@ -8,6 +8,7 @@ import numpy as np
 import scipy.optimize
 
 from dspn_tf.data.clevr_layout import COORD_SCALE, COORDS
+from dspn_tf.data.render.properties import COLORS, SIZES
 
 _PANEL_GAP = 2
 
@@ -126,20 +127,6 @@ def state_table(pred, pred_mask, target, target_mask, names):
     return "\n".join(lines)
 
 
-# sRGB colours of CLEVR's properties.json, in the order of the state's colour one-hot.
-_CLEVR_RGB = {
-    "cyan": (41, 208, 208),
-    "blue": (42, 75, 215),
-    "yellow": (255, 238, 51),
-    "purple": (129, 38, 192),
-    "red": (173, 35, 35),
-    "green": (29, 105, 20),
-    "gray": (87, 87, 87),
-    "brown": (129, 74, 25),
-}
-_CLEVR_RADIUS = {"large": 0.7, "small": 0.35}  # CLEVR's object "radius" in scene units.
-
-
 def _attributes(row, names):
     """{group: value} of the argmax of each one-hot group of a state row."""
     out, start = {}, COORDS.stop
@@ -175,13 +162,13 @@ def _objects_panel(states, mask, names, size, extent):
         attrs = _attributes(states[i], names)
         cx = (COORD_SCALE * states[i][0] + extent) * scale
         cy = (extent - COORD_SCALE * states[i][1]) * scale
-        r = _CLEVR_RADIUS.get(attrs.get("size"), 0.5) * scale
+        r = SIZES.get(attrs.get("size"), 0.5) * scale
         dx, dy = xx - cx, yy - cy
         inside = _marker(attrs.get("shape"), dx, dy, r)
         if not inside.any():
             continue
         border = inside & ~_marker(attrs.get("shape"), dx, dy, max(r - 2.0, 0.0))
-        colour = np.asarray(_CLEVR_RGB.get(attrs.get("color"), (0, 0, 0)), np.float64)
+        colour = np.asarray(COLORS.get(attrs.get("color"), (0, 0, 0)), np.float64)
         fill = np.where(border[..., None], 0.45 * colour, colour)
         if attrs.get("material") == "metal":  # A white highlight marks metal.
             shine = (dx + 0.3 * r) ** 2 + (dy + 0.3 * r) ** 2 <= (0.25 * r) ** 2
