@@ -28,6 +28,10 @@ class MLPDecoder(keras.layers.Layer):
         set_size: Number of set slots N.
         set_channels: Features per element C.
         dim: Hidden width.
+        mask_offset: Added to the raw mask output (default 0, the reference
+            code). The paper's appendix B.1 adds 1 for set-MNIST, so that an
+            untrained baseline predicts every slot present instead of falling
+            into the local optimum of predicting (0, 0) points.
 
     Call arguments:
         inputs: `[batch, latent]`.
@@ -38,9 +42,10 @@ class MLPDecoder(keras.layers.Layer):
         `[1, batch, N]`, empty `inner_losses` and `grad_norms` `[0, batch]`.
     """
 
-    def __init__(self, set_size, set_channels, dim, **kwargs):
+    def __init__(self, set_size, set_channels, dim, mask_offset=0.0, **kwargs):
         super().__init__(**kwargs)
         checks.positive_ints("MLPDecoder", set_size=set_size, set_channels=set_channels, dim=dim)
+        self.mask_offset = checks.finite_float("MLPDecoder", "mask_offset", mask_offset)
         self.set_size = set_size
         self.set_channels = set_channels
         self.dim = dim
@@ -60,10 +65,16 @@ class MLPDecoder(keras.layers.Layer):
         checks.embedding("MLPDecoder", z, self.latent)
         x = self.output_layer(self.hidden2(self.hidden1(z)))
         x = tf.reshape(x, [-1, self.set_size, self.set_channels + 1])  # Shape: [batch, N, C + 1].
-        return _one_step(x[..., :-1], x[..., -1])
+        return _one_step(x[..., :-1], x[..., -1] + tf.cast(self.mask_offset, x.dtype))
 
     def get_config(self):
-        return {**super().get_config(), "set_size": self.set_size, "set_channels": self.set_channels, "dim": self.dim}
+        return {
+            **super().get_config(),
+            "set_size": self.set_size,
+            "set_channels": self.set_channels,
+            "dim": self.dim,
+            "mask_offset": self.mask_offset,
+        }
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
@@ -87,9 +98,10 @@ class LSTMDecoder(keras.layers.Layer):
         The decoder dict with one step, as `MLPDecoder`.
     """
 
-    def __init__(self, set_size, set_channels, dim, **kwargs):
+    def __init__(self, set_size, set_channels, dim, mask_offset=0.0, **kwargs):
         super().__init__(**kwargs)
         checks.positive_ints("LSTMDecoder", set_size=set_size, set_channels=set_channels, dim=dim)
+        self.mask_offset = checks.finite_float("LSTMDecoder", "mask_offset", mask_offset)
         self.set_size = set_size
         self.set_channels = set_channels
         self.dim = dim
@@ -111,7 +123,13 @@ class LSTMDecoder(keras.layers.Layer):
         steps = tf.zeros([tf.shape(z)[0], self.set_size, 1], z.dtype)
         x = self.lstm(steps, initial_state=[tf.zeros_like(cell), cell], training=training)
         x = self.output_layer(x)  # Shape: [batch, N, C + 1].
-        return _one_step(x[..., :-1], x[..., -1])
+        return _one_step(x[..., :-1], x[..., -1] + tf.cast(self.mask_offset, x.dtype))
 
     def get_config(self):
-        return {**super().get_config(), "set_size": self.set_size, "set_channels": self.set_channels, "dim": self.dim}
+        return {
+            **super().get_config(),
+            "set_size": self.set_size,
+            "set_channels": self.set_channels,
+            "dim": self.dim,
+            "mask_offset": self.mask_offset,
+        }

@@ -50,3 +50,11 @@ def positive_float(name, **values):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
         if not ok:
             raise ValueError(f"{name}: `{key}` must be a positive number; received {key}={value!r}.")
+
+
+def finite_float(name, key, value):
+    """`value` as a float; raises ValueError unless it is a finite real number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < float("inf")
+    if not ok:
+        raise ValueError(f"{name}: `{key}` must be a finite number; received {key}={value!r}.")
+    return float(value)

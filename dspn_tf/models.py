@@ -194,6 +194,7 @@ def build_model(
     inner_lr=25.0,
     n_pieces=20,
     dspn_options=None,
+    mask_offset=0.0,
     input_shape=None,
 ):
     """Builds the model of one of the paper's tasks from plain settings.
@@ -216,6 +217,9 @@ def build_model(
             options: `gradient`, `momentum`, `nesterov`, `clip`, `inner_loss`,
             `starting_set`, `start_regularizer`, `tolerance`, `seed`); ignored
             by the baselines.
+        mask_offset: Added to a baseline's raw mask output (the paper's
+            appendix B.1 uses 1 for set-MNIST; the reference code 0); ignored
+            by the DSPN.
         input_shape: If given, the model is built by one call on zeros of this
             per-example shape (`(N, C)` for the auto-encoder, `(H, W, 3)` for
             images), so a checkpoint restores into existing variables.
@@ -237,6 +241,7 @@ def build_model(
         inner_lr=inner_lr,
         n_pieces=n_pieces,
         dspn_options=dspn_options,
+        mask_offset=mask_offset,
     )
     return model if input_shape is None else model.build_on_zeros(tuple(input_shape))
 
@@ -256,6 +261,7 @@ def _assemble(
     inner_lr,
     n_pieces,
     dspn_options,
+    mask_offset,
 ):
     """The unbuilt model of `build_model`."""
     # Imported here to keep this module importable without a cycle.
@@ -274,7 +280,7 @@ def _assemble(
         dec = DSPN(make_set_encoder(), set_size, set_channels, iters=iters, lr=inner_lr, **(dspn_options or {}))
     elif decoder in ("mlp", "lstm"):
         cls = MLPDecoder if decoder == "mlp" else LSTMDecoder
-        dec = cls(set_size, set_channels, decoder_dim or dim)
+        dec = cls(set_size, set_channels, decoder_dim or dim, mask_offset=mask_offset)
     else:
         raise ValueError(f"build_model: `decoder` must be 'dspn', 'mlp' or 'lstm'; received {decoder!r}.")
     if task == "autoencoder":

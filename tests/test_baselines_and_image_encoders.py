@@ -125,6 +125,39 @@ def test_baseline_contract_and_errors(rng, cls):
 
 
 @pytest.mark.parametrize("cls", [MLPDecoder, LSTMDecoder])
+def test_mask_offset_shifts_only_the_raw_mask(rng, cls):
+    """The paper's set-MNIST baselines add 1 to the predicted mask (appendix B.1); the sets are unchanged."""
+    plain = cls(SET_SIZE, CHANNELS, DIM)
+    z = rng.normal(size=(3, LATENT)).astype(np.float32)
+    plain(z)
+    shifted = cls.from_config({**plain.get_config(), "mask_offset": 1.0})
+    shifted(z)
+    shifted.set_weights(plain.get_weights())
+    a, b = plain(z), shifted(z)
+    np.testing.assert_array_equal(b["sets"], a["sets"])
+    np.testing.assert_allclose(b["masks"], a["masks"] + 1.0, rtol=0, atol=1e-6)
+    assert shifted.get_config()["mask_offset"] == 1.0 and plain.get_config()["mask_offset"] == 0.0
+    for bad in (float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="mask_offset"):
+            cls(SET_SIZE, CHANNELS, DIM, mask_offset=bad)
+
+
+def test_baseline_mask_offset_flag_reaches_the_model():
+    from train import config as config_lib
+
+    for decoder, offset in (("mlp", 1.0), ("lstm", 1.0), ("mlp", 0.0)):
+        cfg = config_lib.load(
+            "configs/set_mnist_mlp.cfg",
+            f"--decoder={decoder}",
+            f"--baseline_mask_offset={offset}",
+            "--dim=8",
+            "--latent=4",
+            "--decoder_dim=8",
+        )
+        assert config_lib.build_model(cfg).decoder.mask_offset == offset
+
+
+@pytest.mark.parametrize("cls", [MLPDecoder, LSTMDecoder])
 def test_baselines_build_in_float64(cls):
     decoder = cls(SET_SIZE, CHANNELS, DIM, dtype="float64")
     out = decoder(tf.zeros([2, LATENT], tf.float64))
@@ -187,3 +220,15 @@ def test_conv_encoder_shape_and_errors(rng):
         ConvEncoder(0)
     with pytest.raises(ValueError, match="latent"):
         ResNet34Encoder(-1)
+
+
+# The paper's parameter counts (ours 140 000, MLP 530 000, LSTM 470 000) are those of latent 256. The
+# LSTM is 1,024 below PyTorch's 469,763: Keras' LSTM has one bias vector where PyTorch's has two.
+@pytest.mark.parametrize("decoder, count", [("dspn", 139_010), ("mlp", 533_250), ("lstm", 468_739)])
+def test_latent_256_configs_have_the_paper_parameter_counts(decoder, count):
+    from train import config as config_lib
+
+    cfg = config_lib.load(f"configs/set_mnist_{decoder}_latent256.cfg")
+    assert cfg.latent == 256
+    assert cfg.baseline_mask_offset == (0.0 if decoder == "dspn" else 1.0)
+    assert config_lib.build_model(cfg).count_params() == count

@@ -46,6 +46,7 @@ class RunConfig:
     dim: int
     latent: int
     decoder_dim: int | None
+    baseline_mask_offset: float
     iters: int
     inner_lr: float
     n_pieces: int
@@ -292,6 +293,7 @@ def build_model(config):
         inner_lr=config.inner_lr,
         n_pieces=config.n_pieces,
         dspn_options=dspn_options(config),
+        mask_offset=config.baseline_mask_offset,
         input_shape=input_shape,
     )
 

@@ -44,6 +44,11 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("dim", 256, "Hidden width of the set encoder.")
 flags.DEFINE_integer("latent", 64, "Embedding size.")
 flags.DEFINE_integer("decoder_dim", None, "Hidden width of the MLP / LSTM baselines (default: --dim).")
+flags.DEFINE_float(
+    "baseline_mask_offset",
+    0.0,
+    "Added to the MLP / LSTM baselines' raw mask output (the paper's set-MNIST runs: 1; the reference code: 0).",
+)
 flags.DEFINE_integer("iters", 10, "DSPN inner steps in training.")
 flags.DEFINE_float("inner_lr", 25.0, "DSPN per-sample inner step size (reference: 800 at batch 32 = 25).")
 flags.DEFINE_integer("n_pieces", 20, "FSPool pieces.")
