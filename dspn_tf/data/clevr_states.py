@@ -17,11 +17,12 @@ folder (the states of its scene JSON; images are not read).
 import hashlib
 import os
 import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
 
-from dspn_tf.data import clevr, render
+from dspn_tf.data import clevr, disk_full_error, is_disk_full, render
 
 # Bump when generated scenes or the state features change, so stale caches are not read.
 _CACHE_VERSION = 1
@@ -69,17 +70,38 @@ def generated_states(split, *, num_scenes, seed=0, cache_dir=None, workers=None)
     states, masks = scene_states(scenes)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
+        _remove_stale_temporaries(cache_dir)
         # Written under a temporary name and renamed, so a partial file is never read.
         fd, tmp = tempfile.mkstemp(prefix=".clevr_states-", suffix=".npz", dir=cache_dir)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, state=states, mask=masks)
+                f.flush()
+                os.fsync(f.fileno())  # On disk before the rename makes it the cache.
             os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is readable like any output.
             os.replace(tmp, path)
+        except OSError as e:
+            if is_disk_full(e):
+                raise disk_full_error(
+                    f"the generated {split} states cache {os.path.basename(path)}", cache_dir, e
+                ) from e
+            raise
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
     return states, masks
+
+
+def _remove_stale_temporaries(cache_dir, age=24 * 3600):
+    """Deletes temporary cache files a killed run left (older than `age` s: a younger one may still be written)."""
+    for name in os.listdir(cache_dir):
+        full = os.path.join(cache_dir, name)
+        if name.startswith(".clevr_states-"):
+            try:
+                if time.time() - os.path.getmtime(full) > age:
+                    os.remove(full)
+            except FileNotFoundError:
+                pass
 
 
 def build_dataset(

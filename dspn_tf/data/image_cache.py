@@ -18,6 +18,8 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from dspn_tf.data import disk_full_error, is_disk_full
+
 CACHE_VERSION = 1  # Bump when the cache layout or the image pipeline changes.
 SHARD_SIZE = 1024
 
@@ -83,6 +85,10 @@ def write(entry, images, names, image_size, extra_meta):
     The shards go to a temporary sibling directory that is renamed into place
     only once complete, so a killed run never leaves a cache that looks valid.
     `names[k]` names example k in decode errors.
+
+    Raises:
+      dspn_tf.data.DiskFullError: the file system is full (naming the folder); the
+        temporary directory is removed and existing entries are untouched.
     """
     root = os.path.dirname(entry)
     os.makedirs(root, exist_ok=True)
@@ -120,8 +126,10 @@ def write(entry, images, names, image_size, extra_meta):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
         logging.info("Cached %d CLEVR images at %dpx in %s (%.1fs).", count, image_size, entry, time.time() - start)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full_error(f"the CLEVR image cache entry {os.path.basename(entry)}", root, e) from e
         raise
 
 

@@ -26,6 +26,7 @@ import tempfile
 
 import numpy as np
 
+from dspn_tf.data import disk_full_error, is_disk_full
 from dspn_tf.data.render.camera import CAMERA_LOCATION, FOCAL_PX, HEIGHT, WIDTH, Camera  # noqa: F401
 from dspn_tf.data.render.png import encode_png
 from dspn_tf.data.render.properties import COLORS, CUBE_HALF_SIDE, CYLINDER_RADIUS, MATERIALS, SHAPES, SIZES  # noqa: F401
@@ -70,6 +71,9 @@ def generate(out_dir, *, num_train, num_val, seed=0, workers=None, chunk_size=50
       overwrite: replace an existing `out_dir/CLEVR_v1.0`.
     Returns:
       Path of the `CLEVR_v1.0` folder.
+    Raises:
+      dspn_tf.data.DiskFullError: the file system is full (naming `out_dir`); the
+        partial folder is removed and an existing `CLEVR_v1.0` is untouched.
     """
     workers = _checked_arguments(num_train, num_val, seed, workers, chunk_size)
     final = os.path.join(out_dir, "CLEVR_v1.0")
@@ -106,6 +110,10 @@ def generate(out_dir, *, num_train, num_val, seed=0, workers=None, chunk_size=50
             shutil.rmtree(old)
         else:
             os.rename(root, final)
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error("generated CLEVR scenes (images and scene JSON)", out_dir, e) from e
+        raise
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return final
