@@ -209,3 +209,77 @@ def state_progression(states, masks, target, target_mask, names, size=160, exten
     panels = [_objects_panel(s, m, names, size, extent) for s, m in zip(states, masks)]
     panels.append(_objects_panel(target, target_mask, names, size, extent))
     return _row(panels)
+
+
+def _markers_on_image(base, states, mask, names, camera, scale):
+    """`base` (float [H, W, 3]) with each object drawn at its projected 3D position."""
+    canvas = base.copy()
+    height, width = canvas.shape[:2]
+    states = np.asarray(states, np.float64)
+    mask = np.clip(np.asarray(mask, np.float64), 0.0, 1.0)
+    if not len(states):
+        return canvas.astype(np.uint8)
+    projected = camera.project(COORD_SCALE * states[:, COORDS])  # Shape: [N, 3] of (x px, y px, depth).
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    sx, sy = scale
+    for i in np.argsort(mask, kind="stable"):  # Faint slots first, so confident ones are on top.
+        depth = projected[i, 2]
+        if mask[i] <= 0.0 or not np.isfinite(projected[i]).all() or depth <= 0.1:
+            continue
+        attrs = _attributes(states[i], names)
+        # Marker radius: the object's radius seen at its depth, at least 3 px so it stays readable.
+        r = max(3.0, SIZES.get(attrs.get("size"), 0.5) * camera.focal / depth * min(sx, sy))
+        dx, dy = xx - projected[i, 0] * sx, yy - projected[i, 1] * sy
+        inside = _marker(attrs.get("shape"), dx, dy, r)
+        if not inside.any():
+            continue
+        border = inside & ~_marker(attrs.get("shape"), dx, dy, max(r - 2.0, 0.0))
+        colour = np.asarray(COLORS.get(attrs.get("color"), (0, 0, 0)), np.float64)
+        # A dark outline keeps every marker visible on the grey CLEVR floor.
+        fill = np.where(border[..., None], 0.0, colour)
+        if attrs.get("material") == "metal":
+            shine = (dx + 0.3 * r) ** 2 + (dy + 0.3 * r) ** 2 <= (0.25 * r) ** 2
+            fill = np.where(shine[..., None], 255.0, fill)
+        canvas = np.where(inside[..., None], (1.0 - mask[i]) * canvas + mask[i] * fill, canvas)
+    return canvas.astype(np.uint8)
+
+
+def states_on_image(image, states, masks, target, target_mask, names, size=192):
+    """CLEVR object states drawn on the image: every decoder step, then the truth.
+
+    Each object is a marker at the pixel its predicted 3D position projects
+    to through CLEVR's camera (the one the generated scenes are rendered with,
+    fitted to real CLEVR's `pixel_coords`), in its predicted colour, with its
+    shape as the marker (sphere: disc, cube: square, cylinder: triangle), its
+    size as the marker size (its radius seen at its depth), a white highlight
+    if metal, and its mask value as its opacity. The first panel is the image
+    itself.
+
+    Args:
+        image: `[H, W, 3]` float in [0, 1], the model's (square, resized) input.
+        states: `[steps, N, 18]` predicted states (coords / 3, then one-hots).
+        masks: `[steps, N]`.
+        target: `[M, 18]`.
+        target_mask: `[M]`.
+        names: Attribute groups in the state's order (`dspn_tf.data.clevr.ATTRIBUTES`).
+        size: Panel side in pixels (the image is enlarged to it).
+    """
+    from dspn_tf.data.render import camera as camera_lib
+
+    image = np.asarray(image, np.float64)
+    states, target = np.asarray(states), np.asarray(target)
+    if image.ndim != 3 or image.shape[-1] != 3 or states.ndim != 3 or target.ndim != 2:
+        raise ValueError(
+            f"states_on_image: expected image [H, W, 3], states [steps, N, C] and target [M, C]; received "
+            f"{image.shape}, {states.shape} and {target.shape}."
+        )
+    # Nearest-neighbour enlargement to `size`, so the markers are drawn at a readable scale.
+    rows = np.minimum((np.arange(size) * image.shape[0]) // size, image.shape[0] - 1)
+    cols = np.minimum((np.arange(size) * image.shape[1]) // size, image.shape[1] - 1)
+    base = np.clip(image[rows][:, cols], 0.0, 1.0) * 255.0
+    scale = (size / camera_lib.WIDTH, size / camera_lib.HEIGHT)  # CLEVR's 480 x 320 pixels -> the panel.
+    camera = camera_lib.Camera()
+    panels = [base.astype(np.uint8)]
+    panels += [_markers_on_image(base, s, m, names, camera, scale) for s, m in zip(states, masks)]
+    panels.append(_markers_on_image(base, target, target_mask, names, camera, scale))
+    return _row(panels)

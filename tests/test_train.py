@@ -115,7 +115,7 @@ def test_clevr_state_dspn_trains_evaluates_and_logs(tmp_path, cache, capsys):
         "inner/loss_step_1",
         "inner/grad_norm_step_1",
         "progression/states",
-        "progression/images",
+        "progression/state_tables",
     ):
         assert tag in train_tags["tensors"], tag
     eval_tags = scalars(model_dir, "eval").Tags()["tensors"]

@@ -280,6 +280,10 @@ def write_pictures(model, batch, set_key, step):
             for i in range(count)
         ]
         tf.summary.image("progression/boxes", np.stack(rows), step=step, max_outputs=count)
-    else:
-        tf.summary.text("progression/states", "\n\n".join(tables), step=step)
-        tf.summary.image("progression/images", images[:count], step=step, max_outputs=count)
+    else:  # The image task: the predicted objects drawn on the image at every inner step, then the truth.
+        rows = [
+            visualize.states_on_image(images[i], sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+            for i in range(count)
+        ]
+        tf.summary.image("progression/states", np.stack(rows), step=step, max_outputs=count)
+        tf.summary.text("progression/state_tables", "\n\n".join(tables), step=step)

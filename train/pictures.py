@@ -6,9 +6,10 @@ r"""Writes progression pictures of a trained run as a PNG (for documentation and
 Restores the run's newest checkpoint (or --checkpoint), decodes the first
 held-out examples with the largest --eval_iters and stacks one row per
 example: the prediction at every inner step, then the truth. set-MNIST sets
-are drawn as points with their mask as darkness; CLEVR object states (both
-the auto-encoder and the image task) from above, with the predicted colour,
-shape, size and material and the mask as opacity; CLEVR boxes on the image.
+are drawn as points with their mask as darkness; CLEVR object states of the
+auto-encoder from above, and of the image task on the image (at their
+projected 3D positions), with the predicted colour, shape, size and material
+and the mask as opacity; CLEVR boxes on the image.
 """
 
 import os
@@ -32,6 +33,11 @@ def progression_rows(model, batch, set_key, iters, count):
     for i in range(min(count, sets.shape[1])):
         if set_key == "set":
             rows.append(visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i]))
+        elif set_key == "state" and "image" in batch:
+            image = batch["image"].numpy()[i]
+            rows.append(
+                visualize.states_on_image(image, sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+            )
         elif set_key == "state":
             rows.append(
                 visualize.state_progression(sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
