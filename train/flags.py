@@ -4,6 +4,9 @@ One module defines them all, so one flagfile serves every entry point. Only
 `train/config.py` reads them, once, into a `RunConfig`.
 """
 
+import math
+import re
+
 from absl import flags
 
 # Data.
@@ -154,3 +157,65 @@ flags.DEFINE_integer("max_iters", 100, "Largest `iters` a request may ask for.")
 
 # train.pictures.
 flags.DEFINE_integer("picture_examples", 3, "train.pictures: held-out examples drawn, one row each.")
+
+
+# Bounds, checked when the flags are parsed: absl's IllegalFlagValueError names the flag and its value
+# (`flag --batch_size=0: must be an integer >= 1`), before any data is built or a step is taken.
+def _integer_at_least(low):
+    return lambda value: value is None or value >= low
+
+
+def _finite(low=None, high=None, *, low_open=False, optional=False):
+    def check(value):
+        if value is None:
+            return optional
+        if not math.isfinite(value):
+            return False
+        return (low is None or (value > low if low_open else value >= low)) and (high is None or value < high)
+
+    return check
+
+
+_AT_LEAST = {
+    "generated_train": 1,
+    "generated_val": 1,
+    "image_size": 1,
+    "max_train_examples": 1,
+    "max_eval_examples": 1,
+    "shuffle_buffer": 1,
+    "dim": 1,
+    "latent": 1,
+    "decoder_dim": 1,
+    "iters": 1,
+    "n_pieces": 1,
+    "batch_size": 1,
+    "epochs": 1,
+    "train_steps": 1,
+    "seed": 0,
+    "checkpoint_every": 1,
+    "log_every": 1,
+    "image_every": 0,
+    "eval_every": 0,
+    "keep_checkpoints": 1,
+    "keep_versions": 0,
+    "max_iters": 0,
+    "picture_examples": 1,
+}
+for _name, _low in _AT_LEAST.items():
+    flags.register_validator(_name, _integer_at_least(_low), message=f"must be an integer >= {_low}")
+for _name, _check, _text in (
+    ("learning_rate", _finite(0.0, low_open=True), "a finite number > 0"),
+    ("inner_lr", _finite(0.0), "a finite number >= 0"),
+    ("inner_momentum", _finite(0.0, 1.0), "in [0, 1)"),
+    ("inner_clip", _finite(0.0, low_open=True, optional=True), "a finite number > 0 (or unset)"),
+    ("repr_lambda", _finite(0.0, optional=True), "a finite number >= 0 (or unset)"),
+    ("start_regularizer", _finite(0.0), "a finite number >= 0"),
+    ("inner_tolerance", _finite(0.0, optional=True), "a finite number >= 0 (or unset)"),
+    ("baseline_mask_offset", _finite(), "a finite number"),
+):
+    flags.register_validator(_name, _check, message=f"must be {_text}")
+flags.register_validator(
+    "eval_iters",
+    lambda values: bool(values) and all(re.fullmatch(r"[0-9]+", v.strip()) and int(v) >= 1 for v in values),
+    message="must be a comma-separated list of integers >= 1, e.g. 10,20,30",
+)

@@ -66,6 +66,8 @@ def _coords(obj, name, size):
         raise ValueError(f"field {name!r} is not numeric: {value!r}") from None
     if array.size < size:
         raise ValueError(f"field {name!r} has {array.size} values, expected {size}")
+    if not np.all(np.isfinite(array[:size])):
+        raise ValueError(f"field {name!r} is not finite: {value!r}")
     return array
 
 
@@ -92,15 +94,19 @@ def object_state(obj):
         one_hot = np.zeros(len(vocabulary))
         one_hot[vocabulary.index(value)] = 1.0
         parts.append(one_hot)
-    return np.concatenate(parts).astype(np.float32)
+    with np.errstate(over="ignore"):  # Reported below.
+        state = np.concatenate(parts).astype(np.float32)
+    if not np.all(np.isfinite(state)):  # A coordinate beyond float32's range.
+        raise ValueError(f"field '3d_coords' is too large for float32: {obj['3d_coords']!r}")
+    return state
 
 
 def _right_vector(directions):
     if isinstance(directions, collections.abc.Mapping):
         directions = _field(directions, "right")
     right = np.asarray(directions, np.float64).reshape(-1)
-    if right.size < 2:
-        raise ValueError(f"directions.right must have 2 or 3 values; received {right!r}")
+    if right.size < 2 or not np.all(np.isfinite(right[:2])):
+        raise ValueError(f"directions.right must have 2 or 3 finite values; received {right!r}")
     return right[0], right[1]
 
 
@@ -121,24 +127,28 @@ def object_box(obj, directions):
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r} (expected one of {', '.join(SHAPES)})")
     cos, sin = _right_vector(directions)
-    x1r = x1 * cos + y1 * sin
-    # The reference rotates y with the already-rotated x; kept so that boxes
-    # match the paper's numbers (docs/algorithm.md §8).
-    y1r = x1r * (-sin) + y1 * cos
-    h_d = 6.9 * z1 * (15 - y1r) / 2
-    h_u = w_l = w_r = h_d
-    if shape == "cylinder":
-        d = 9.4 + y1r
-        h = 6.4
-        s = z1
-        h_u *= (s * (h / d + 1)) / ((s * (h / d + 1)) - (s * (h - s) / d))
-        h_d = h_u * (h - s + d) / (h + s + d)
-        w_l *= 11 / (10 + y1r)
-        w_r = w_l
-    elif shape == "cube":
-        h_u *= 1.3 * 10 / (10 + y1r)
-        h_d = w_l = w_r = h_u
-    return np.array([(x - w_l) / WIDTH, (y - h_d) / HEIGHT, (x + w_r) / WIDTH, (y + h_u) / HEIGHT], np.float32)
+    with np.errstate(all="ignore"):  # Overflow or 0 / 0 of absurd coordinates is reported below.
+        x1r = x1 * cos + y1 * sin
+        # The reference rotates y with the already-rotated x; kept so that boxes
+        # match the paper's numbers (docs/algorithm.md §8).
+        y1r = x1r * (-sin) + y1 * cos
+        h_d = 6.9 * z1 * (15 - y1r) / 2
+        h_u = w_l = w_r = h_d
+        if shape == "cylinder":
+            d = 9.4 + y1r
+            h = 6.4
+            s = z1
+            h_u *= (s * (h / d + 1)) / ((s * (h / d + 1)) - (s * (h - s) / d))
+            h_d = h_u * (h - s + d) / (h + s + d)
+            w_l *= 11 / (10 + y1r)
+            w_r = w_l
+        elif shape == "cube":
+            h_u *= 1.3 * 10 / (10 + y1r)
+            h_d = w_l = w_r = h_u
+        box = np.array([(x - w_l) / WIDTH, (y - h_d) / HEIGHT, (x + w_r) / WIDTH, (y + h_u) / HEIGHT], np.float32)
+    if not np.all(np.isfinite(box)):
+        raise ValueError(f"the box of this object is not finite (3d_coords {x1, y1, z1}, pixel_coords {x, y})")
+    return box
 
 
 def scene_name(scene, index=None):
@@ -238,7 +248,7 @@ def load_scenes(source, split, *, max_objects=MAX_OBJECTS, skip_oversized=False)
     try:
         with open(scene_file, "rb") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # Recursion: nested too deep.
         raise ValueError(f"Malformed scene JSON {scene_file}: {e}") from e
     scenes = data.get("scenes") if isinstance(data, dict) else None
     if not isinstance(scenes, list):

@@ -9,7 +9,9 @@ elements are shuffled, zero-padded to 342 (the largest train set) and masked.
 """
 
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -43,7 +45,7 @@ def read_idx(path, expected_magic):
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:  # gzip raises these on a damaged stream.
+    except (OSError, EOFError, zlib.error) as e:  # gzip raises these on a damaged stream.
         raise ValueError(f"Cannot read IDX file {path}: {e}") from e
     if len(raw) < 4:
         raise ValueError(f"IDX file {path} is truncated: {len(raw)} bytes, no header.")
@@ -55,7 +57,7 @@ def read_idx(path, expected_magic):
     if len(raw) < header:
         raise ValueError(f"IDX file {path} is truncated inside its header.")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: huge dimensions must not wrap around.
     if len(raw) < expected:
         raise ValueError(f"IDX file {path} is truncated: {len(raw)} bytes, header {dims} needs {expected}.")
     if len(raw) > expected:
