@@ -4,11 +4,16 @@
 `ImageToSet` predicts a set from an image (CLEVR). With a `DSPN` decoder the
 target-set encoder is the decoder's own encoder (weights shared, docs/algorithm.md §3).
 Both return the decoder dict plus the embedding `z`.
+
+Both also train with Keras' own loop: `compile(optimizer=...)`, then `fit`,
+`evaluate` and `predict` on datasets of batch dicts, scored by the same
+`dspn_tf.training` loss code as the custom loop (`SetModel`).
 """
 
 import keras
 import tensorflow as tf
 
+from dspn_tf import training as training_lib
 from dspn_tf.dspn import DSPN
 
 
@@ -16,22 +21,155 @@ def _deserialize(obj):
     return keras.saving.deserialize_keras_object(obj) if isinstance(obj, dict) else obj
 
 
+class _LossMeans:
+    """The per-sample loss means that `fit` and `evaluate` log.
+
+    A plain holder, so neither Keras nor `tf.train.Checkpoint` tracks the metrics as
+    model state: a built model accepts no new state, and the checkpoints of a compiled
+    model stay those of the custom loop.
+    """
+
+    def __init__(self):
+        self.trackers = tuple(keras.metrics.Mean(name=name) for name in ("loss", "set_loss", "repr_loss"))
+
+
+class SetModel(keras.Model):
+    """What `SetAutoEncoder` and `ImageToSet` share: Keras' `fit` / `evaluate` / `predict`.
+
+    `train_step` is one update of `dspn_tf.training.loss_and_gradients`, the
+    function the custom loop's `Trainer` applies, so both train alike; the
+    batches are the dicts of the `dspn_tf.data` builders (inputs, target set
+    under `loss_settings.set_key`, `mask`). Logs `loss`, `set_loss` and
+    `repr_loss`, per-sample means over the epoch.
+
+    Args:
+        loss_settings: `dspn_tf.training.LossSettings` (or its `get_config`
+            dict) used by `fit` and `evaluate`; `compile(loss_settings=...)`
+            replaces it. Kept in `get_config` and `.keras` files.
+    """
+
+    default_loss_settings = training_lib.LossSettings()
+
+    def __init__(self, *, loss_settings=None, **kwargs):
+        super().__init__(**kwargs)
+        self.loss_settings = (
+            self.default_loss_settings
+            if loss_settings is None
+            else training_lib.LossSettings.from_config(loss_settings)
+        )
+
+    def compile(self, optimizer="rmsprop", *, loss_settings=None, **kwargs):
+        """Keras' `compile`, with the set losses of `loss_settings` in place of `loss` and `metrics`.
+
+        Args:
+            optimizer: A Keras optimizer or its name.
+            loss_settings: `LossSettings` (or dict) replacing the model's.
+            **kwargs: Further arguments of `keras.Model.compile` (`run_eagerly`,
+                `jit_compile`, `steps_per_execution`, ...).
+
+        Raises:
+            ValueError: if `loss`, `loss_weights`, `metrics` or `weighted_metrics` is given
+                (the losses are the set losses), or the settings do not fit the model.
+        """
+        for name in ("loss", "loss_weights", "metrics", "weighted_metrics"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"{type(self).__name__}.compile: `{name}` is not used; the model is scored by its set losses, "
+                    "chosen with loss_settings=dspn_tf.training.LossSettings(loss=..., all_steps=..., ...)."
+                )
+        settings = self.loss_settings if loss_settings is None else training_lib.LossSettings.from_config(loss_settings)
+        try:
+            training_lib.check_settings(self, settings)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}.compile: {e}") from None
+        self.loss_settings = settings
+        super().compile(optimizer=optimizer, **kwargs)
+        if getattr(self, "_loss_means", None) is None:
+            self._loss_means = _LossMeans()
+
+    def get_compile_config(self):
+        """Keras' compile config plus `loss_settings`."""
+        config = super().get_compile_config()
+        if config:
+            config["loss_settings"] = self.loss_settings.get_config()
+        return config
+
+    def compile_from_config(self, config):
+        """Compiles a loaded model again (`keras.models.load_model`), with its optimizer's state."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        means = getattr(self, "_loss_means", None)
+        return list(means.trackers) if means else []
+
+    def _batch(self, data, step):
+        """The batch dict of `fit` / `evaluate` data; tuples and other structures are refused."""
+        if isinstance(data, (tuple, list)) and len(data) == 1:
+            data = data[0]
+        if not isinstance(data, dict):
+            raise TypeError(
+                f"{type(self).__name__}.{step}: expected batches as dicts (inputs, target set "
+                f"{self.loss_settings.set_key!r} and 'mask', as dspn_tf.data builds them); "
+                f"received {type(data).__name__}."
+            )
+        return data
+
+    def _track(self, losses):
+        for tracker in self._loss_means.trackers:
+            tracker.update_state(losses[tracker.name])
+        return {tracker.name: tracker.result() for tracker in self._loss_means.trackers}
+
+    def train_step(self, data):
+        batch = self._batch(data, "fit")
+        # Keras runs this per replica under a tf.distribute strategy and sums the
+        # replicas' gradients, so divide by the global batch as the Trainer does.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        global_batch_size = tf.cast(tf.shape(batch["mask"])[0] * replicas, tf.float32)
+        _, losses, grads = training_lib.loss_and_gradients(
+            self, self.optimizer, batch, self.loss_settings, global_batch_size=global_batch_size
+        )
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._track(losses)
+
+    def test_step(self, data):
+        batch = self._batch(data, "evaluate")
+        _, losses = training_lib.per_sample_losses(self, batch, self.loss_settings, training=False)
+        return self._track(losses)
+
+    def predict_step(self, data):
+        """The final set, mask and z per example (batch first, so `predict` can concatenate batches)."""
+        if isinstance(data, (tuple, list)) and len(data) == 1:
+            data = data[0]
+        outputs = self(data, training=False)
+        return {"set": outputs["sets"][-1], "mask": outputs["masks"][-1], "z": outputs["z"]}
+
+    def get_config(self):
+        return {**super().get_config(), "loss_settings": self.loss_settings.get_config()}
+
+
 @keras.saving.register_keras_serializable(package="dspn_tf")
-class SetAutoEncoder(keras.Model):
+class SetAutoEncoder(SetModel):
     """Set → z → set.
 
     Args:
         decoder: A `DSPN`, `MLPDecoder` or `LSTMDecoder`.
         encoder: The set encoder. Omit it for a `DSPN` decoder to use the
             decoder's encoder (the paper's weight sharing).
+        loss_settings: `LossSettings` for `fit` / `evaluate` (default: Chamfer
+            over all steps on `set`); see `SetModel`.
 
     Call arguments:
-        inputs: A dict with `set` `[batch, N, C]` and `mask` `[batch, N]`.
+        inputs: A dict with `set` `[batch, N, C]` (or, without `set`, the
+            target set under `loss_settings.set_key`, e.g. `state`) and `mask` `[batch, N]`.
         iters: Optional inner steps for a DSPN decoder.
     """
 
-    def __init__(self, decoder, encoder=None, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, decoder, encoder=None, *, loss_settings=None, **kwargs):
+        super().__init__(loss_settings=loss_settings, **kwargs)
         decoder = _deserialize(decoder)
         encoder = _deserialize(encoder)
         if encoder is None:
@@ -89,7 +227,8 @@ class SetAutoEncoder(keras.Model):
         return self
 
     def call(self, inputs, iters=None, training=False):
-        z = self.encoder(inputs["set"], inputs["mask"], training=training)
+        x = inputs["set"] if "set" in inputs else inputs[self.loss_settings.set_key]
+        z = self.encoder(x, inputs["mask"], training=training)
         return {**self.decoder(z, iters=iters, training=training), "z": z}
 
     def get_config(self):
@@ -100,20 +239,27 @@ class SetAutoEncoder(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
-class ImageToSet(keras.Model):
+class ImageToSet(SetModel):
     """Image → z → set, with the set encoder for the representation loss.
 
     Args:
         image_encoder: e.g. `ResNet34Encoder` or `ConvEncoder`.
         decoder: A `DSPN`, `MLPDecoder` or `LSTMDecoder`.
+        loss_settings: `LossSettings` for `fit` / `evaluate` (default: the
+            paper's CLEVR states: Hungarian on the final step of `state`, 0.1 x
+            representation loss); see `SetModel`.
 
     Call arguments:
-        inputs: `[batch, H, W, 3]` images.
+        inputs: `[batch, H, W, 3]` images, or a batch dict with them under `image`.
         iters: Optional inner steps for a DSPN decoder.
     """
 
-    def __init__(self, image_encoder, decoder, **kwargs):
-        super().__init__(**kwargs)
+    default_loss_settings = training_lib.LossSettings(
+        set_key="state", loss="hungarian", all_steps=False, repr_lambda=0.1
+    )
+
+    def __init__(self, image_encoder, decoder, *, loss_settings=None, **kwargs):
+        super().__init__(loss_settings=loss_settings, **kwargs)
         self.image_encoder = _deserialize(image_encoder)
         self.decoder = _deserialize(decoder)
 
@@ -163,6 +309,8 @@ class ImageToSet(keras.Model):
         return self
 
     def call(self, inputs, iters=None, training=False):
+        if isinstance(inputs, dict):
+            inputs = inputs["image"]
         z = self.image_encoder(inputs, training=training)
         return {**self.decoder(z, iters=iters, training=training), "z": z}
 

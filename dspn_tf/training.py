@@ -25,27 +25,83 @@ class LossSettings:
             step only (the reference's Hungarian).
         repr_lambda: Weight of `huber(g(target) - z)` (DSPN with an image
             encoder: 0.1; 0 disables it).
+        iters: Inner steps of a DSPN decoder when a batch is scored (None:
+            the decoder's own `iters`); an `iters` passed to
+            `per_sample_losses` (the loop's `--iters_schedule`) overrides it.
     """
 
     set_key: str = "set"
     loss: str = "chamfer"
     all_steps: bool = True
     repr_lambda: float = 0.0
+    iters: int | None = None
 
     def __post_init__(self):
         if self.loss not in ("chamfer", "hungarian"):
             raise ValueError(f"LossSettings: `loss` must be 'chamfer' or 'hungarian'; received {self.loss!r}.")
         if self.repr_lambda < 0:
             raise ValueError(f"LossSettings: `repr_lambda` must be >= 0; received {self.repr_lambda}.")
+        if self.iters is not None and (
+            isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1
+        ):
+            raise ValueError(f"LossSettings: `iters` must be None or an int >= 1; received {self.iters!r}.")
+
+    def get_config(self):
+        """The settings as a plain dict (what `from_config` and a model's `get_config` hold)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        """`LossSettings` from `get_config`'s dict; `None` gives the defaults, a `LossSettings` is returned as is.
+
+        Raises:
+            TypeError: if `config` is neither.
+        """
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if not isinstance(config, dict):
+            raise TypeError(f"LossSettings: expected a LossSettings or a dict; received {type(config).__name__}.")
+        return cls(**config)
+
+
+def check_settings(model, settings):
+    """Refuses settings a model cannot train with.
+
+    Raises:
+        ValueError: for a set loss over all steps with a DSPN whose gradient is implicit.
+    """
+    decoder = getattr(model, "decoder", None)
+    if settings.all_steps and getattr(decoder, "gradient", "unrolled") == "implicit":
+        raise ValueError(
+            "A DSPN with gradient='implicit' carries gradients on its final step only, so the set loss cannot "
+            "average over all steps; use LossSettings(all_steps=False) (flag --noloss_all_steps)."
+        )
 
 
 def per_sample_losses(model, batch, settings, *, training, iters=None):
     """Runs the model on a batch and scores it per sample.
 
+    Args:
+        model: A `SetAutoEncoder` or `ImageToSet`.
+        batch: A dict with the model's inputs, `settings.set_key` and `mask`.
+        settings: `LossSettings`.
+        training: Run the model in training mode.
+        iters: Inner steps of a DSPN decoder (default `settings.iters`, else the decoder's).
+
     Returns:
         `(outputs, losses)`: the model's output dict and a dict of `[batch]`
         tensors `loss`, `set_loss` and `repr_loss`.
+
+    Raises:
+        KeyError: naming `settings.set_key` and the batch's keys if the target set is missing.
     """
+    if settings.set_key not in batch:
+        raise KeyError(
+            f"LossSettings: the batch has no target set {settings.set_key!r} (set_key); its keys are {sorted(batch)}."
+        )
+    iters = settings.iters if iters is None else iters
     outputs = model(model.inputs_of(batch, settings.set_key), iters=iters, training=training)
     target_set, target_mask = batch[settings.set_key], batch["mask"]
     loss_fn = losses_lib.chamfer_loss if settings.loss == "chamfer" else losses_lib.hungarian_loss
@@ -60,6 +116,33 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
         target_z = tf.cast(encoder(target_set, target_mask, training=training), tf.float32)
         repr_loss = losses_lib.repr_loss(target_z, tf.cast(outputs["z"], tf.float32), reduction="none")
     return outputs, {"loss": set_loss + settings.repr_lambda * repr_loss, "set_loss": set_loss, "repr_loss": repr_loss}
+
+
+def loss_and_gradients(model, optimizer, batch, settings, *, global_batch_size, iters=None):
+    """One replica's forward pass, losses and gradients: the update both `Trainer` and `Model.fit` apply.
+
+    The per-sample losses are summed and divided by `global_batch_size`, so the
+    gradients summed over replicas are those of the global batch mean.
+
+    Args:
+        model: A `SetAutoEncoder` or `ImageToSet`.
+        optimizer: The Keras optimizer (its `scale_loss` applies a mixed_float16 loss scale).
+        batch: This replica's batch dict.
+        settings: `LossSettings`.
+        global_batch_size: Examples per step over all replicas (a number or scalar tensor).
+        iters: Inner steps of a DSPN decoder (see `per_sample_losses`).
+
+    Returns:
+        `(outputs, losses, grads)`: the model's outputs, the per-sample loss
+        dict of `per_sample_losses` and the gradients of `model.trainable_variables`.
+    """
+    with tf.GradientTape() as tape:
+        outputs, losses = per_sample_losses(model, batch, settings, training=True, iters=iters)
+        scaled = tf.reduce_sum(losses["loss"]) / global_batch_size
+        # A keras.optimizers.LossScaleOptimizer (mixed_float16) scales the loss
+        # here and unscales the gradients in `apply`; other optimizers return it unchanged.
+        scaled = optimizer.scale_loss(scaled)
+    return outputs, losses, tape.gradient(scaled, model.trainable_variables)
 
 
 class Trainer:
@@ -86,12 +169,10 @@ class Trainer:
         self.settings = settings
         self.global_batch_size = int(global_batch_size)
         self.strategy = strategy or tf.distribute.get_strategy()
-        decoder = getattr(model, "decoder", None)
-        if settings.all_steps and getattr(decoder, "gradient", "unrolled") == "implicit":
-            raise ValueError(
-                "Trainer: a DSPN with gradient='implicit' carries gradients on its final step only, so the set "
-                "loss cannot average over all steps; use LossSettings(all_steps=False) (flag --noloss_all_steps)."
-            )
+        try:
+            check_settings(model, settings)
+        except ValueError as e:
+            raise ValueError(f"Trainer: {e}") from None
         self.traces = 0
         self.workers, self.worker_index, self.local_replicas = workers(self.strategy)
         step = self._distributed_step
@@ -102,15 +183,10 @@ class Trainer:
         return split_for_replicas(self.strategy, batch, self.global_batch_size)
 
     def _replica_step(self, batch, iters=None):
-        with tf.GradientTape() as tape:
-            outputs, losses = per_sample_losses(self.model, batch, self.settings, training=True, iters=iters)
-            scaled = tf.reduce_sum(losses["loss"]) / self.global_batch_size
-            # A keras.optimizers.LossScaleOptimizer (mixed_float16) scales the loss
-            # here and unscales the gradients in `apply`; other optimizers return it unchanged.
-            scaled = self.optimizer.scale_loss(scaled)
-        variables = self.model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+        outputs, losses, grads = loss_and_gradients(
+            self.model, self.optimizer, batch, self.settings, global_batch_size=self.global_batch_size, iters=iters
+        )
+        self.optimizer.apply(grads, self.model.trainable_variables)
         metrics = {f"train/{k}": tf.reduce_sum(v) / self.global_batch_size for k, v in losses.items()}
         # Per-step inner-loop statistics, summed over this replica's samples.
         metrics["inner_loss"] = tf.reduce_sum(outputs["inner_losses"], axis=1) / self.global_batch_size
