@@ -35,7 +35,7 @@ def _points_panel(points, mask, size):
     return np.repeat(panel.astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def set_progression(sets, masks, target_set, target_mask, size=128):
+def set_progression(sets, masks, target_set, target_mask, size=128, baseline=None):
     """set-MNIST: the predicted point set at every step, then the target.
 
     Args:
@@ -44,8 +44,13 @@ def set_progression(sets, masks, target_set, target_mask, size=128):
         target_set: `[N, 2]`.
         target_mask: `[N]`.
         size: Panel side in pixels.
+        baseline: Optional `(set [N, 2], mask [N])` of another model (e.g. the
+            MLP baseline), drawn after the steps and before the target, as in
+            the paper's Figure 1.
     """
     panels = [_points_panel(s, m, size) for s, m in zip(sets, masks)]
+    if baseline is not None:
+        panels.append(_points_panel(*baseline, size))
     panels.append(_points_panel(target_set, target_mask, size))
     return _row(panels)
 
@@ -177,7 +182,7 @@ def _objects_panel(states, mask, names, size, extent):
     return canvas.astype(np.uint8)
 
 
-def state_progression(states, masks, target, target_mask, names, size=160, extent=3.5):
+def state_progression(states, masks, target, target_mask, names, size=160, extent=3.5, baseline=None):
     """CLEVR object states seen from above: every decoder step, then the truth.
 
     Each object is drawn at its (x, y) position with its predicted colour,
@@ -194,6 +199,8 @@ def state_progression(states, masks, target, target_mask, names, size=160, exten
             in the state's order (`dspn_tf.data.clevr.ATTRIBUTES`).
         size: Panel side in pixels.
         extent: Half the side of the floor area shown, in scene units.
+        baseline: Optional `(states [N, 18], mask [N])` of another model,
+            drawn after the steps and before the truth.
     """
     states, target = np.asarray(states), np.asarray(target)
     if states.ndim != 3 or target.ndim != 2 or states.shape[-1] != target.shape[-1]:
@@ -207,6 +214,8 @@ def state_progression(states, masks, target, target_mask, names, size=160, exten
             f"state_progression: states have {states.shape[-1]} features, but the attribute groups need {expected}."
         )
     panels = [_objects_panel(s, m, names, size, extent) for s, m in zip(states, masks)]
+    if baseline is not None:
+        panels.append(_objects_panel(*baseline, names, size, extent))
     panels.append(_objects_panel(target, target_mask, names, size, extent))
     return _row(panels)
 
@@ -244,7 +253,7 @@ def _markers_on_image(base, states, mask, names, camera, scale):
     return canvas.astype(np.uint8)
 
 
-def states_on_image(image, states, masks, target, target_mask, names, size=192):
+def states_on_image(image, states, masks, target, target_mask, names, size=192, baseline=None):
     """CLEVR object states drawn on the image: every decoder step, then the truth.
 
     Each object is a marker at the pixel its predicted 3D position projects
@@ -263,6 +272,8 @@ def states_on_image(image, states, masks, target, target_mask, names, size=192):
         target_mask: `[M]`.
         names: Attribute groups in the state's order (`dspn_tf.data.clevr.ATTRIBUTES`).
         size: Panel side in pixels (the image is enlarged to it).
+        baseline: Optional `(states [N, 18], mask [N])` of another model,
+            drawn after the steps and before the truth.
     """
     from dspn_tf.data.render import camera as camera_lib
 
@@ -281,5 +292,7 @@ def states_on_image(image, states, masks, target, target_mask, names, size=192):
     camera = camera_lib.Camera()
     panels = [base.astype(np.uint8)]
     panels += [_markers_on_image(base, s, m, names, camera, scale) for s, m in zip(states, masks)]
+    if baseline is not None:
+        panels.append(_markers_on_image(base, *baseline, names, camera, scale))
     panels.append(_markers_on_image(base, target, target_mask, names, camera, scale))
     return _row(panels)

@@ -95,6 +95,7 @@ class RunConfig:
     max_iters: int
     # train.pictures.
     picture_examples: int
+    baseline_model_dir: str | None
     # Not flags: the last --flagfile of the command line (absl consumes it
     # while parsing) and every flag's value as text, for `flags.txt`.
     flagfile: str | None = None

@@ -157,6 +157,12 @@ flags.DEFINE_integer("max_iters", 100, "Largest `iters` a request may ask for.")
 
 # train.pictures.
 flags.DEFINE_integer("picture_examples", 3, "train.pictures: held-out examples drawn, one row each.")
+flags.DEFINE_string(
+    "baseline_model_dir",
+    None,
+    "train.pictures: also draw the final prediction of the run in this folder (its flags.txt and newest "
+    "checkpoint; e.g. the MLP baseline's) after the inner steps and before the truth, as in the paper's Figure 1.",
+)
 
 
 # Bounds, checked when the flags are parsed: absl's IllegalFlagValueError names the flag and its value

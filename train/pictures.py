@@ -1,7 +1,8 @@
 r"""Writes progression pictures of a trained run as a PNG (for documentation and reports).
 
     python -m train.pictures --flagfile=configs/clevr_mini_state_autoencoder_dspn.cfg \
-        --output=docs/images/state_autoencoder.png [--checkpoint=PATH] [--picture_examples=3]
+        --output=docs/images/state_autoencoder.png [--checkpoint=PATH] [--picture_examples=3] \
+        [--baseline_model_dir=runs/clevr_mini_state_autoencoder_mlp]
 
 Restores the run's newest checkpoint (or --checkpoint), decodes the first
 held-out examples with the largest --eval_iters and stacks one row per
@@ -9,7 +10,9 @@ example: the prediction at every inner step, then the truth. set-MNIST sets
 are drawn as points with their mask as darkness; CLEVR object states of the
 auto-encoder from above, and of the image task on the image (at their
 projected 3D positions), with the predicted colour, shape, size and material
-and the mask as opacity; CLEVR boxes on the image.
+and the mask as opacity; CLEVR boxes on the image. With --baseline_model_dir
+(e.g. the MLP baseline's run), that run's prediction is drawn after the inner
+steps and before the truth, as in the paper's Figure 1.
 """
 
 import os
@@ -24,23 +27,36 @@ from train import checkpoints
 from train import config as config_lib
 
 
-def progression_rows(model, batch, set_key, iters, count):
-    """One picture row (uint8 `[H, W, 3]`) per example: every inner step, then the truth."""
+def _decode(model, batch, set_key, iters):
     out = model(model.inputs_of(batch, set_key), iters=iters if model.iterative else None, training=False)
-    sets, masks = out["sets"].numpy(), out["masks"].numpy()
+    return out["sets"].numpy(), out["masks"].numpy()
+
+
+def progression_rows(model, batch, set_key, iters, count, baseline=None):
+    """One picture row (uint8 `[H, W, 3]`) per example: every inner step, then the truth.
+
+    With a `baseline` model, its final prediction is drawn after the steps and before the truth.
+    """
+    sets, masks = _decode(model, batch, set_key, iters)
+    other = _decode(baseline, batch, set_key, iters) if baseline is not None else None
     target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
     rows = []
     for i in range(min(count, sets.shape[1])):
+        extra = {} if other is None else {"baseline": (other[0][-1, i], other[1][-1, i])}
         if set_key == "set":
-            rows.append(visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i]))
+            rows.append(visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i], **extra))
         elif set_key == "state" and "image" in batch:
             image = batch["image"].numpy()[i]
             rows.append(
-                visualize.states_on_image(image, sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+                visualize.states_on_image(
+                    image, sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES, **extra
+                )
             )
         elif set_key == "state":
             rows.append(
-                visualize.state_progression(sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
+                visualize.state_progression(
+                    sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES, **extra
+                )
             )
         else:
             image = batch["image"].numpy()[i]
@@ -59,6 +75,25 @@ def stack_rows(rows, gap=4):
     return np.concatenate(padded, axis=0)[:-gap]
 
 
+def load_baseline(config):
+    """The model of the run in --baseline_model_dir (from its flags.txt), restored from its newest checkpoint."""
+    folder = config.baseline_model_dir
+    flags_file = os.path.join(folder, "flags.txt")
+    if not os.path.isfile(flags_file):
+        raise FileNotFoundError(
+            f"train.pictures: --baseline_model_dir={folder} has no flags.txt; give the folder of a training run."
+        )
+    other = config_lib.load(flags_file, f"--model_dir={folder}")
+    mine, theirs = config_lib.task(config), config_lib.task(other)
+    if (mine.set_key, mine.set_size, mine.set_channels) != (theirs.set_key, theirs.set_size, theirs.set_channels):
+        raise ValueError(
+            f"train.pictures: --baseline_model_dir={folder} is a {other.dataset} run; this run is {config.dataset}."
+        )
+    model = config_lib.build_model(other)
+    checkpoints.restore({"model": model}, os.path.join(folder, "checkpoints"), None)
+    return model
+
+
 def main(argv):
     del argv
     config = config_lib.from_flags()
@@ -69,10 +104,11 @@ def main(argv):
     path = checkpoints.restore(
         {"model": model, "step": step}, os.path.join(config.model_dir, "checkpoints"), config.checkpoint
     )
+    baseline = load_baseline(config) if config.baseline_model_dir else None
     batch = next(iter(config_lib.eval_batches(config)))
     iters = max(config_lib.eval_iters(config))
     picture = stack_rows(
-        progression_rows(model, batch, config_lib.task(config).set_key, iters, config.picture_examples)
+        progression_rows(model, batch, config_lib.task(config).set_key, iters, config.picture_examples, baseline)
     )
     os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
     tf.io.write_file(config.output, tf.io.encode_png(picture))
