@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 import tensorflow as tf
 from absl import logging
@@ -74,6 +75,19 @@ def restore(objects, checkpoint_dir, checkpoint=None, *, required=True, partial=
     if required:
         raise FileNotFoundError(f"No checkpoint in {checkpoint_dir!r}; train first or pass --checkpoint.")
     return None
+
+
+def remove_interrupted_saves(checkpoint_dir):
+    """Deletes the `<prefix>_temp` folders of saves that were killed before TF merged them; returns them.
+
+    TF writes a checkpoint's shards there and removes the folder once the
+    checkpoint is complete, so a leftover one is never part of a checkpoint.
+    Call it only while no save is running in `checkpoint_dir`.
+    """
+    leftovers = sorted(glob.glob(os.path.join(glob.escape(checkpoint_dir), "*_temp")))
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
 
 
 def _restore_into(objects, path, partial, resume, checkpoint_dir):

@@ -19,7 +19,7 @@ import tensorflow as tf
 from dspn_tf import evaluation, visualize
 from dspn_tf.data import clevr
 from dspn_tf.training import is_chief
-from train import checkpoints, progress
+from train import checkpoints, progress, summaries
 from train import config as config_lib
 
 
@@ -79,6 +79,11 @@ class Loop:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.chief = is_chief(trainer.strategy)
         self.manager = self._checkpoint_manager()
+        resumed = self.manager.latest_checkpoint is not None
+        # A periodic evaluation due at the resume step may have been killed: it runs again first.
+        self._evaluate_on_resume = resumed and self._evaluation_due(int(self.step))
+        if self.chief:  # Also without a checkpoint: a run killed before its first one logged steps too.
+            self._drop_stale_summaries(int(self.step))
         if self.chief:
             self.train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
             self.eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval"))
@@ -87,6 +92,25 @@ class Loop:
         self.picture_batch = next(iter(eval_dataset))
         self.saved_step = int(self.step) if self.manager.latest_checkpoint else None
         self._stop_signal = None
+
+    def _evaluation_due(self, current):
+        return bool(self.config.eval_every) and current % self.config.eval_every == 0 and current != self.total_steps
+
+    def _drop_stale_summaries(self, current):
+        """Removes what a killed run logged after its last checkpoint (step `current`, 0 if none): it is redone.
+
+        Summaries up to `current` were flushed before its checkpoint was saved; an
+        evaluation of step `current` comes after the save and is redone (periodic ones
+        by `run`, the final one by the entry point), so it is dropped as well. The
+        temporary folders of checkpoint saves it was killed in go too.
+        """
+        model_dir = self.config.model_dir
+        checkpoints.remove_interrupted_saves(os.path.join(model_dir, "checkpoints"))
+        dropped = summaries.purge_after(os.path.join(model_dir, "train"), current)
+        redo_eval = self._evaluate_on_resume or current == self.total_steps
+        dropped += summaries.purge_after(os.path.join(model_dir, "eval"), current - 1 if redo_eval else current)
+        if dropped:
+            print(f"Dropped {dropped} TensorBoard event(s) logged after step {current} by the interrupted run.")
 
     def _checkpoint_manager(self):
         """Restores the newest checkpoint of the run, if any; returns the manager that saves new ones."""
@@ -117,6 +141,9 @@ class Loop:
         progbar.update(int(self.step))
         start, first_step, running = time.time(), int(self.step), None
         previous_handler = self._catch_sigterm()
+        if self._evaluate_on_resume:
+            self._evaluate_on_resume = False
+            self.evaluate()
         try:
             while int(self.step) < self.total_steps:
                 if self._stop_signal is not None:
@@ -174,6 +201,9 @@ class Loop:
 
     def _save(self, current):
         """Saves the checkpoint of step `current`; a full disk raises `DiskFullError` naming the folder."""
+        # Flushed first: a checkpoint's step never lacks the summaries logged up to it.
+        self.train_writer.flush()
+        self.eval_writer.flush()
         try:
             self.manager.save(checkpoint_number=current)
         except (OSError, tf.errors.OpError) as e:
@@ -232,6 +262,7 @@ class Loop:
 
     def evaluate(self):
         """Evaluates the model at every --eval_iters count and writes `eval/<metric>/iters_<n>`."""
+        print(f"Evaluating step {int(self.step)} at {', '.join(map(str, self.eval_iters))} inner steps ...", flush=True)
         results = evaluation.evaluate(
             self.trainer.model, self.eval_dataset, set_key=self.settings.set_key, iters_list=self.eval_iters
         )

@@ -33,8 +33,11 @@ def main(argv):
     strategy = config_lib.make_strategy(config)
     settings = config_lib.loss_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
-    with open(os.path.join(config.model_dir, "flags.txt"), "w") as f:
+    # Temp + rename: a run killed here leaves the previous flags.txt whole.
+    flags_path = os.path.join(config.model_dir, "flags.txt")
+    with open(flags_path + ".tmp", "w") as f:
         f.write(config.flags_text)
+    os.replace(flags_path + ".tmp", flags_path)
 
     train_ds, train_size = config_lib.train_batches(config, strategy)
     total = config_lib.total_steps(config, train_size)
