@@ -17,7 +17,7 @@ from absl import app, logging
 
 from dspn_tf import evaluation
 from dspn_tf.training import Trainer
-from train import checkpoints
+from train import checkpoints, hparams
 from train import config as config_lib
 from train.loop import Loop, NonFiniteLossError
 
@@ -57,9 +57,16 @@ def main(argv):
     )
     loop = Loop(config, trainer, iter(train_ds), config_lib.eval_batches(config), total_steps=total, schedule=schedule)
     print(describe_run(config, model, train_size, total), flush=True)
-    loop.run()
-    if config.evaluate_at_end and loop.chief:
-        report(config, loop.evaluate(), int(loop.step))
+    if loop.chief:  # The settings on TensorBoard's HParams dashboard (train/hparams.py).
+        hparams.log_settings(
+            config.model_dir, hparams.settings_of(config, settings, total_steps=total, train_examples=train_size)
+        )
+    train_loss = loop.run()
+    if loop.chief:
+        results = loop.evaluate() if config.evaluate_at_end else {}
+        if results:
+            report(config, results, int(loop.step))
+        hparams.log_results(config.model_dir, results, step=int(loop.step), train_loss=train_loss)
 
 
 def describe_run(config, model, train_size, total):
