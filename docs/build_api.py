@@ -127,6 +127,21 @@ def module_names():
     ]
 
 
+# pdoc's warning about an annotation it cannot evaluate, naming the annotated object.
+ANNOTATION_WARNING = re.compile(r"^Error parsing type annotation .* for (\S+?)\.? Import of ")
+
+
+def foreign_annotation(message):
+    """True for pdoc's annotation warning about another package's object.
+
+    A class inheriting from a library class (a TFDS `BuilderConfig`) lists the library's
+    members, whose string annotations may not resolve outside the library; that is no
+    problem of our docstrings. The same warning about a `dspn_tf` object still fails.
+    """
+    match = ANNOTATION_WARNING.match(message)
+    return bool(match) and not match.group(1).startswith(PACKAGE + ".")
+
+
 def build(output_dir):
     """Writes the HTML reference to `output_dir`; returns the problems found (empty if none)."""
     pdoc.render.configure(docformat="google", show_source=False, search=True, footer_text=PACKAGE)
@@ -136,7 +151,11 @@ def build(output_dir):
         pdoc.pdoc(*names, output_directory=pathlib.Path(output_dir))
         modules = [pdoc.doc.Module.from_name(name) for name in names]
     pdoc_dir = os.path.dirname(pdoc.__file__)
-    problems = [f"pdoc: {w.message}" for w in caught if w.filename.startswith(pdoc_dir)]
+    problems = [
+        f"pdoc: {w.message}"
+        for w in caught
+        if w.filename.startswith(pdoc_dir) and not foreign_annotation(str(w.message))
+    ]
     for module in modules:
         check(module, problems)
     return problems

@@ -110,3 +110,15 @@ def test_every_public_module_is_documented():
     names = build_api.module_names()
     assert names[0] == "dspn_tf" and "dspn_tf.dspn" in names and "dspn_tf.data" in names
     assert "dspn_tf.losses" not in names  # Reached through dspn_tf.__all__; listing it twice makes pdoc warn.
+
+
+def test_only_annotation_warnings_about_other_packages_are_ignored():
+    theirs = (
+        "Error parsing type annotation utils.VersionOrStr | None for "
+        "tensorflow_datasets.core.dataset_builder.BuilderConfig.version. Import of Version failed: name 'Version' is "
+        "not defined"
+    )
+    ours = "Error parsing type annotation Foo for dspn_tf.models.SetModel.compile. Import of Foo failed: no Foo"
+    assert build_api.foreign_annotation(theirs)
+    assert not build_api.foreign_annotation(ours)
+    assert not build_api.foreign_annotation("Cannot find spec for dspn_tf.nothing")
