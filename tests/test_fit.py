@@ -7,6 +7,8 @@ once loaded, and that Keras' standard callbacks do their job on these models.
 """
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -206,3 +208,51 @@ def test_loss_settings_survive_get_config():
     assert _model("image").loss_settings == LossSettings(
         set_key="state", loss="hungarian", all_steps=False, repr_lambda=0.1
     )
+
+
+MIRRORED_FIT = r"""
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from dspn_tf.models import build_model
+from dspn_tf.training import LossSettings, Trainer
+
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+mask = (np.arange(4)[None] < rng.integers(1, 5, size=(8, 1))).astype(np.float32)
+batch = {"set": rng.random((8, 4, 2), dtype=np.float32) * mask[..., None], "mask": mask}
+settings = LossSettings(loss="chamfer")
+
+def make():
+    return build_model("autoencoder", set_size=4, set_channels=2, dim=16, latent=8, iters=2, input_shape=(4, 2))
+
+single = make()
+start = single.get_weights()
+trainer = Trainer(single, keras.optimizers.SGD(0.5), settings, global_batch_size=8)
+trainer.train_step({k: tf.constant(v) for k, v in batch.items()})
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    mirrored = make()
+    mirrored.set_weights(start)
+    mirrored.compile(optimizer=keras.optimizers.SGD(0.5), loss_settings=settings)
+assert strategy.num_replicas_in_sync == 2
+mirrored.fit(tf.data.Dataset.from_tensor_slices(batch).batch(8), epochs=1, verbose=0)
+worst = max(float(np.max(np.abs(a - b))) for a, b in zip(mirrored.get_weights(), single.get_weights()))
+moved = max(float(np.max(np.abs(a - b))) for a, b in zip(single.get_weights(), start))
+print("max difference", worst, "max update", moved)
+assert moved > 1e-3 and worst < 1e-6, (worst, moved)
+print("OK")
+"""
+
+
+def test_fit_under_two_replicas_equals_the_single_device_trainer_step():
+    # Keras sums the replicas' gradients; train_step divides by the global batch, so two
+    # replicas of 4 examples must take the step the Trainer takes on all 8.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_FIT], capture_output=True, text=True, env=env, cwd=root, timeout=300
+    )
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
