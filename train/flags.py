@@ -186,8 +186,8 @@ _AT_LEAST = {
     "generated_train": 1,
     "generated_val": 1,
     "image_size": 1,
-    "max_train_examples": 1,
-    "max_eval_examples": 1,
+    "max_train_examples": 0,  # 0: unset, overriding a flagfile's value.
+    "max_eval_examples": 0,  # 0: unset, overriding a flagfile's value.
     "shuffle_buffer": 1,
     "dim": 1,
     "latent": 1,
@@ -195,8 +195,8 @@ _AT_LEAST = {
     "iters": 1,
     "n_pieces": 1,
     "batch_size": 1,
-    "epochs": 1,
-    "train_steps": 1,
+    "epochs": 0,  # 0: unset, overriding a flagfile's value.
+    "train_steps": 0,  # 0: unset, overriding a flagfile's value.
     "seed": 0,
     "checkpoint_every": 1,
     "log_every": 1,
