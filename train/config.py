@@ -18,7 +18,7 @@ from absl import flags
 
 from dspn_tf.data import batches, clevr, clevr_states, image_cache, render, set_mnist
 from dspn_tf.models import build_model as build_model_from_args
-from dspn_tf.training import LossSettings, workers
+from dspn_tf.training import LossSettings
 from train import flags as _flags  # noqa: F401  (defines every flag)
 
 FLAGS = flags.FLAGS
@@ -204,7 +204,7 @@ def build_split(config, split):
 
 
 def train_batches(config, strategy):
-    """This worker's batches of the training split, and the split's size.
+    """The global batches of the training split (every worker reads them all), and the split's size.
 
     Raises:
         ValueError: naming --batch_size if it does not split over the replicas or exceeds the split.
@@ -220,10 +220,10 @@ def train_batches(config, strategy):
         raise ValueError(f"--batch_size={config.batch_size} must be divisible by the {replicas} replicas.")
     if size < config.batch_size:
         raise ValueError(f"The training split has {size} examples, fewer than --batch_size={config.batch_size}.")
-    count, index, _ = workers(strategy)
-    if count > 1:
-        ds = ds.shard(count, index)
-    return batches(ds, config.batch_size // count, shuffle_buffer=config.shuffle_buffer, seed=config.seed), size
+    # The global batches, on every worker: the loop hands each worker its rows, so the global batch
+    # is the one a single process trains on and every worker's input position is the chief's (which
+    # its checkpoint holds; a per-worker shard would start afresh after a restart).
+    return batches(ds, config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed), size
 
 
 def eval_batches(config):

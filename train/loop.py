@@ -49,6 +49,15 @@ class Preempted(SystemExit):
         return self.message
 
 
+class WorkerLostError(RuntimeError):
+    """Under --strategy=multi_worker, another worker stopped (killed, crashed, unreachable); this one stops too."""
+
+
+# What a collective op raises on the survivors when a peer dies (a reset connection, an
+# aborted collective, a coordination-service heartbeat timeout).
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+
+
 class DiskFullError(OSError):
     """A checkpoint could not be written because its file system is full; the previous checkpoint is kept."""
 
@@ -114,13 +123,14 @@ class Loop:
 
     def _checkpoint_manager(self):
         """Restores the newest checkpoint of the run, if any; returns the manager that saves new ones."""
-        state = {"model": self.trainer.model, "optimizer": self.trainer.optimizer, "step": self.step}
-        if self.trainer.workers == 1:
-            # The input position is part of the checkpoint, so a resumed run sees
-            # the batches an uninterrupted one would. With several workers each
-            # has its own shard and position, which one shared checkpoint cannot
-            # hold: they restart their input pipelines instead.
-            state["iterator"] = self.iterator
+        # The input position is part of the checkpoint, so a resumed run sees the batches an
+        # uninterrupted one would (several workers read the same global batches: one position).
+        state = {
+            "model": self.trainer.model,
+            "optimizer": self.trainer.optimizer,
+            "step": self.step,
+            "iterator": self.iterator,
+        }
         shared_dir = os.path.join(self.config.model_dir, "checkpoints")
         latest = checkpoints.restore(state, shared_dir, required=False, partial=False, resume=True)
         if latest:
@@ -152,6 +162,10 @@ class Loop:
             if self._stop_signal is not None:
                 # SIGTERM during the last step: its checkpoint is written; skip what follows the loop.
                 self._stop_for_preemption()
+        except _PEER_ERRORS as e:
+            if self.trainer.workers == 1:
+                raise
+            raise self._worker_lost(e) from None
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
@@ -163,6 +177,19 @@ class Loop:
                 flush=True,
             )
         return running
+
+    def _worker_lost(self, error):
+        """The `WorkerLostError` of a collective step or save that failed because another worker is gone."""
+        shared = os.path.join(self.config.model_dir, "checkpoints")
+        latest = tf.train.latest_checkpoint(shared)
+        lines = [line.strip() for line in (getattr(error, "message", None) or str(error)).splitlines() if line.strip()]
+        # TF's message starts with the op's Python stack; the lines naming the peer are what helps.
+        detail = " ".join(line for line in lines if "aborted" in line or "remote target" in line) or lines[0]
+        return WorkerLostError(
+            f"Another worker of the cluster stopped (TensorFlow: {type(error).__name__}: {detail[:300]}); "
+            f"this worker stops too, after step {int(self.step)} of {self.total_steps}. Restart every worker with "
+            f"the same command: they resume from the chief's newest checkpoint, {latest or '(none yet)'}."
+        )
 
     def _catch_sigterm(self):
         """Makes SIGTERM set a flag that `run` reads between steps; returns the handler it replaced, or None.
@@ -221,7 +248,12 @@ class Loop:
     def _one_step(self, progbar, running):
         """Runs one training step with its summaries, checkpoint and evaluation; returns the running loss."""
         iters = config_lib.iters_at(self.schedule, int(self.step))
-        values = self.trainer.train_step(self.trainer.split(next(self.iterator)), iters=iters)
+        batch = next(self.iterator)
+        if self.trainer.workers > 1:  # A global batch (config.train_batches): this worker's rows of it.
+            rows = self.config.batch_size // self.trainer.workers
+            start = self.trainer.worker_index * rows
+            batch = tf.nest.map_structure(lambda t: t[start : start + rows], batch)
+        values = self.trainer.train_step(self.trainer.split(batch), iters=iters)
         loss = float(values["train/loss"])
         if not math.isfinite(loss):
             # The update of this step is not saved: the newest checkpoint on

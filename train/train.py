@@ -19,9 +19,9 @@ from dspn_tf import evaluation
 from dspn_tf.training import Trainer
 from train import checkpoints, hparams
 from train import config as config_lib
-from train.loop import Loop, NonFiniteLossError
+from train.loop import Loop, NonFiniteLossError, WorkerLostError
 
-__all__ = ["NonFiniteLossError", "main", "run"]
+__all__ = ["NonFiniteLossError", "WorkerLostError", "main", "run"]
 
 
 def main(argv):
@@ -119,6 +119,9 @@ def run():
     except NonFiniteLossError as e:
         logging.error("%s", e)
         sys.exit(3)
+    except WorkerLostError as e:
+        logging.error("%s", e)
+        sys.exit(4)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""Two workers of --strategy=multi_worker on this machine over loopback (issue 13).
+
+One test, three phases, each a pair of real `python -m train.train` processes with
+`TF_CONFIG` naming 127.0.0.1 ports: (1) train until the chief's second checkpoint,
+then SIGKILL the other worker: the chief must stop with `WorkerLostError`'s message
+and exit code 4 within a bounded time; (2) restart both: they resume from the chief's
+newest checkpoint and finish; (3) a single process trains the same number of steps
+on the same global batch: its loss at every step equals the two workers'.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_train import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import kill_drill  # noqa: E402  (its TensorBoard event reader)
+
+FLAGS = [
+    "--flagfile=configs/clevr_mini_state_autoencoder_dspn.cfg",
+    "--dim=16",
+    "--latent=16",
+    "--iters=2",
+    "--batch_size=8",
+    "--generated_train=64",
+    "--generated_val=16",
+    "--checkpoint_every=3",
+    "--log_every=1",
+    "--image_every=0",
+    "--eval_iters=1,2",
+    "--noevaluate_at_end",
+    "--noprogress",
+    "--deterministic",
+]
+LOST_WITHIN = 60  # Seconds the surviving worker may take to notice and stop.
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _workers(model_dir, cache, log_dir, tag, *extra):
+    ports = _free_ports(2)
+    procs = []
+    for index in range(2):
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "PYTHONUNBUFFERED": "1"}
+        log = open(os.path.join(log_dir, f"{tag}-worker{index}.log"), "w")
+        argv = [*FLAGS, "--strategy=multi_worker", f"--model_dir={model_dir}", f"--cache_dir={cache}", *extra]
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "train.train", *argv], cwd=ROOT, env=env, stdout=log, stderr=log)
+        )
+    return procs
+
+
+def _log(log_dir, tag, index):
+    with open(os.path.join(log_dir, f"{tag}-worker{index}.log")) as f:
+        return f.read()
+
+
+def _wait_all(procs, timeout):
+    deadline = time.time() + timeout
+    try:
+        return [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _losses(model_dir):
+    events = kill_drill._events(os.path.join(model_dir, "train"))
+    return {step: values for (tag, step), values in events.items() if tag == "train/loss"}
+
+
+def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
+    if not hasattr(socket, "AF_INET"):
+        pytest.skip("no TCP sockets on this platform")
+    logs, cache, model_dir = str(tmp_path), str(tmp_path / "cache"), str(tmp_path / "two_workers")
+    checkpoint = os.path.join(model_dir, "checkpoints", "ckpt-6.index")
+
+    # (1) Kill the non-chief worker once the chief has written its second checkpoint.
+    procs = _workers(model_dir, cache, logs, "first", "--train_steps=100000")
+    try:
+        deadline = time.time() + 240
+        while not os.path.exists(checkpoint) and time.time() < deadline and procs[0].poll() is None:
+            time.sleep(0.05)
+        assert os.path.exists(checkpoint), _log(logs, "first", 0)[-3000:]
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        code = procs[0].wait(timeout=LOST_WITHIN)
+        took = time.time() - killed
+    finally:
+        _wait_all(procs, 10)
+    chief = _log(logs, "first", 0)
+    assert code == 4, chief[-3000:]
+    assert "Another worker of the cluster stopped" in chief and "Restart every worker" in chief, chief[-3000:]
+    assert "Traceback" not in chief, chief[-3000:]
+    print(f"chief stopped {took:.1f} s after the other worker was killed")
+    resume_step = max(
+        int(m) for m in re.findall(r"ckpt-(\d+)\.index", " ".join(os.listdir(os.path.dirname(checkpoint))))
+    )
+    target = resume_step + 3
+
+    # (2) Restart both: they resume from the chief's newest checkpoint and finish.
+    procs = _workers(model_dir, cache, logs, "restart", f"--train_steps={target}")
+    codes = _wait_all(procs, 240)
+    for index in range(2):
+        text = _log(logs, "restart", index)
+        assert codes[index] == 0, text[-3000:]
+        assert re.search(rf"Resumed from \S+/checkpoints/ckpt-{resume_step} at step {resume_step}\.", text), text[
+            -3000:
+        ]
+
+    # (3) One process, the same global batch and steps.
+    single = str(tmp_path / "single")
+    argv = [*FLAGS, f"--model_dir={single}", f"--cache_dir={cache}", f"--train_steps={target}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "train.train", *argv], cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    two, one = _losses(model_dir), _losses(single)
+    assert sorted(two) == sorted(one) == list(range(1, target + 1))
+    assert all(len(v) == 1 for v in two.values())  # One curve: the steps after the kill were logged once.
+    error = max(abs(two[s][0] - one[s][0]) for s in one)
+    print(f"max |loss(2 workers) - loss(1 process)| over {target} steps: {error:.3g}")
+    assert error < 1e-5
