@@ -29,6 +29,7 @@ version with a tiny model.
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import random
@@ -49,11 +50,11 @@ DEFAULT_CONFIG = "configs/clevr_mini_state_autoencoder_dspn.cfg"
 DEFAULT_OVERRIDES = (
     "--generated_train=2000",
     "--generated_val=128",
-    "--train_steps=200",
+    "--train_steps=400",
     "--checkpoint_every=10",
-    "--eval_every=40",
+    "--eval_every=50",
     "--eval_iters=10,20",
-    "--image_every=40",
+    "--image_every=50",
     "--log_every=1",
     "--keep_checkpoints=2",
     "--deterministic",
@@ -162,8 +163,12 @@ def _kill_at(start, moment, rng, model_dir, cache_dir, timing):
                 break
             time.sleep(0.002)
     elif moment == "step":
-        t = start.wait_for(r"^Budget:", timeout=600)
-        if t is None:
+        if start.wait_for(r"^Budget:", timeout=600) is None:
+            return None
+        # After this start's first new checkpoint, so that the drill moves through the run
+        # (a kill right after every resume would keep redoing the same steps).
+        resumed = _resume_step(start)
+        if not _wait_for_checkpoint_after(start, model_dir, resumed, timeout=120):
             return None
         time.sleep(rng.uniform(0.0, timing["steps"]))
     elif moment == "checkpoint":
@@ -173,16 +178,22 @@ def _kill_at(start, moment, rng, model_dir, cache_dir, timing):
         # Only a save of this start counts (the loop removes a killed start's leftovers, but not instantly).
         before = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(checkpoint_dir, "*_temp*"))}
         deadline = time.time() + 60
+        skip = rng.random() < 0.5  # Half the time the second save of this start, again to move on.
         while start.proc.poll() is None:
             now = glob.glob(os.path.join(checkpoint_dir, "*_temp*"))
             if any(p not in before or _mtime(p) != before[p] for p in now):
-                break
+                if not skip:
+                    break
+                skip, before = False, {p: _mtime(p) for p in now}
+                deadline = time.time() + 60
             if time.time() > deadline:
                 moment = "step"  # No checkpoint write came (the run is past its last one).
                 break
             time.sleep(0.001)
     elif moment == "evaluation":
-        if start.wait_for(r"^Evaluating step", timeout=600) is None:
+        # Half the time the next evaluation past the resume step (not the one redone at it).
+        resumed = _resume_step(start) if rng.random() < 0.5 else -1
+        if start.wait_for(rf"^Evaluating step ({_later_than(resumed)})\b", timeout=600) is None:
             return None
         time.sleep(rng.uniform(0.0, timing["evaluation"]))
         if start.lines and not start.lines[-1][1].startswith("Evaluating step"):
@@ -199,6 +210,30 @@ def _kill_at(start, moment, rng, model_dir, cache_dir, timing):
     code = start.kill()
     hit["exit_code"] = code
     return hit if code == -signal.SIGKILL else None
+
+
+def _resume_step(start):
+    match = re.search(r"Resumed from \S+ at step (\d+)", start.text())
+    return int(match.group(1)) if match else 0
+
+
+def _later_than(step):
+    """A regex matching the decimal numbers greater than `step` (>= 0), or any number if `step` < 0."""
+    if step < 0:
+        return r"\d+"
+    return "|".join([rf"[1-9]\d{{{len(str(step))},}}"] + [str(n) for n in range(step + 1, 10 ** len(str(step)))])
+
+
+def _wait_for_checkpoint_after(start, model_dir, step, timeout):
+    """Waits until the run has a complete checkpoint newer than `step`; False if it ended or timed out."""
+    deadline = time.time() + timeout
+    while start.proc.poll() is None and time.time() < deadline:
+        names = glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index"))
+        numbers = [int(re.search(r"ckpt-(\d+)\.index$", n).group(1)) for n in names]
+        if numbers and max(numbers) > step:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _mtime(path):
@@ -250,6 +285,22 @@ def _events(log_dir):
     return values
 
 
+def _content_hashes(cache_dir):
+    """Sorted SHA-256 digests of the cache's files, leaving out temporaries, .npz (zip timestamps) and meta.json."""
+    temp = set(temp_artefacts(cache_dir))
+    digests = []
+    for folder, _, names in os.walk(cache_dir):
+        if any(folder == t or folder.startswith(t + os.sep) for t in temp):
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            if path in temp or name.endswith(".npz") or name == "meta.json":
+                continue
+            with open(path, "rb") as f:
+                digests.append(hashlib.sha256(f.read()).hexdigest())
+    return sorted(digests)
+
+
 def compare_runs(reference_dir, drilled_dir, reference_cache, drilled_cache):
     """The checks of the drilled run against the reference; returns (failures, figures)."""
     import numpy as np
@@ -290,6 +341,11 @@ def compare_runs(reference_dir, drilled_dir, reference_cache, drilled_cache):
             last = max(step for tag, step in ref_events if tag == "train/loss")
             figures["final_loss"] = got_events.get(("train/loss", last), [None])[-1]
             figures["reference_final_loss"] = ref_events[("train/loss", last)][-1]
+    # The HParams dashboard's records: re-logged by every start, so they must not pile up.
+    hparams = _events(os.path.join(drilled_dir, "hparams"))
+    figures["hparams_duplicated_points"] = sum(1 for v in hparams.values() if len(v) > 1)
+    if figures["hparams_duplicated_points"]:
+        failures.append(f"hparams: {figures['hparams_duplicated_points']} (tag, step) pairs logged more than once")
     for name in ("eval_results.json",):
         with open(os.path.join(reference_dir, name)) as f:
             ref_results = json.load(f)
@@ -309,6 +365,12 @@ def compare_runs(reference_dir, drilled_dir, reference_cache, drilled_cache):
         with np.load(a) as x, np.load(b) as y:
             if any(not np.array_equal(x[k], y[k]) for k in x.files):
                 failures.append(f"data cache {b} differs from the reference")
+    # Every other cached or generated file (rendered PNGs, scene JSON, image-cache shards): the same
+    # contents as the reference's (names hold paths and mtimes, so the contents are compared).
+    ref_files, got_files = _content_hashes(reference_cache), _content_hashes(drilled_cache)
+    figures["cached_files_compared"] = len(ref_files)
+    if ref_files != got_files:
+        failures.append(f"cached files differ from the reference ({len(got_files)} vs {len(ref_files)} files)")
     figures["leftover_temp_files"] = [os.path.relpath(p, drilled_cache) for p in temp_artefacts(drilled_cache)]
     return failures, figures
 

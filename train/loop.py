@@ -118,6 +118,8 @@ class Loop:
         dropped = summaries.purge_after(os.path.join(model_dir, "train"), current)
         redo_eval = self._evaluate_on_resume or current == self.total_steps
         dropped += summaries.purge_after(os.path.join(model_dir, "eval"), current - 1 if redo_eval else current)
+        # Every start logs the run's HParams settings again (train.train) and its results at the end.
+        dropped += summaries.purge_after(os.path.join(model_dir, "hparams"), -1)
         if dropped:
             print(f"Dropped {dropped} TensorBoard event(s) logged after step {current} by the interrupted run.")
 
