@@ -151,6 +151,25 @@ def _marker(shape, dx, dy, r):
     return dx * dx + dy * dy <= r * r  # Sphere (and anything else): a disc.
 
 
+def _draw_object(canvas, xx, yy, cx, cy, r, attrs, alpha, outline):
+    """`canvas` with one object's marker at (cx, cy), radius r, blended with opacity `alpha`.
+
+    The marker's shape is the object's shape, its fill the object's colour with a
+    2 px border of `outline` times that colour, and a white highlight if metal.
+    """
+    dx, dy = xx - cx, yy - cy
+    inside = _marker(attrs.get("shape"), dx, dy, r)
+    if not inside.any():
+        return canvas
+    border = inside & ~_marker(attrs.get("shape"), dx, dy, max(r - 2.0, 0.0))
+    colour = np.asarray(COLORS.get(attrs.get("color"), (0, 0, 0)), np.float64)
+    fill = np.where(border[..., None], outline * colour, colour)
+    if attrs.get("material") == "metal":  # A white highlight marks metal.
+        shine = (dx + 0.3 * r) ** 2 + (dy + 0.3 * r) ** 2 <= (0.25 * r) ** 2
+        fill = np.where(shine[..., None], 255.0, fill)
+    return np.where(inside[..., None], (1.0 - alpha) * canvas + alpha * fill, canvas)
+
+
 def _objects_panel(states, mask, names, size, extent):
     """Top-down (x right, y up) view of a set of object states on a light floor."""
     canvas = np.full((size, size, 3), 236.0)
@@ -168,17 +187,7 @@ def _objects_panel(states, mask, names, size, extent):
         cx = (COORD_SCALE * states[i][0] + extent) * scale
         cy = (extent - COORD_SCALE * states[i][1]) * scale
         r = SIZES.get(attrs.get("size"), 0.5) * scale
-        dx, dy = xx - cx, yy - cy
-        inside = _marker(attrs.get("shape"), dx, dy, r)
-        if not inside.any():
-            continue
-        border = inside & ~_marker(attrs.get("shape"), dx, dy, max(r - 2.0, 0.0))
-        colour = np.asarray(COLORS.get(attrs.get("color"), (0, 0, 0)), np.float64)
-        fill = np.where(border[..., None], 0.45 * colour, colour)
-        if attrs.get("material") == "metal":  # A white highlight marks metal.
-            shine = (dx + 0.3 * r) ** 2 + (dy + 0.3 * r) ** 2 <= (0.25 * r) ** 2
-            fill = np.where(shine[..., None], 255.0, fill)
-        canvas = np.where(inside[..., None], (1.0 - mask[i]) * canvas + mask[i] * fill, canvas)
+        canvas = _draw_object(canvas, xx, yy, cx, cy, r, attrs, mask[i], outline=0.45)
     return canvas.astype(np.uint8)
 
 
@@ -238,18 +247,8 @@ def _markers_on_image(base, states, mask, names, camera, scale):
         attrs = _attributes(states[i], names)
         # Marker radius: the object's radius seen at its depth, at least 3 px so it stays readable.
         r = max(3.0, SIZES.get(attrs.get("size"), 0.5) * camera.focal / depth * min(sx, sy))
-        dx, dy = xx - projected[i, 0] * sx, yy - projected[i, 1] * sy
-        inside = _marker(attrs.get("shape"), dx, dy, r)
-        if not inside.any():
-            continue
-        border = inside & ~_marker(attrs.get("shape"), dx, dy, max(r - 2.0, 0.0))
-        colour = np.asarray(COLORS.get(attrs.get("color"), (0, 0, 0)), np.float64)
-        # A dark outline keeps every marker visible on the grey CLEVR floor.
-        fill = np.where(border[..., None], 0.0, colour)
-        if attrs.get("material") == "metal":
-            shine = (dx + 0.3 * r) ** 2 + (dy + 0.3 * r) ** 2 <= (0.25 * r) ** 2
-            fill = np.where(shine[..., None], 255.0, fill)
-        canvas = np.where(inside[..., None], (1.0 - mask[i]) * canvas + mask[i] * fill, canvas)
+        # A black outline keeps every marker visible on the grey CLEVR floor.
+        canvas = _draw_object(canvas, xx, yy, projected[i, 0] * sx, projected[i, 1] * sy, r, attrs, mask[i], 0.0)
     return canvas.astype(np.uint8)
 
 
