@@ -315,40 +315,43 @@ def _is_disk_full(error):
     return "No space left on device" in str(error)
 
 
+def progression_rows(sets, masks, batch, set_key, count, baseline=None):
+    """One picture row (uint8 `[H, W, 3]`) for each of the first `count` examples: every step, then the truth.
+
+    `sets` / `masks` are a decoder's `[steps, batch, ...]` outputs on `batch`. set-MNIST
+    sets are points; CLEVR states are drawn from above (the auto-encoder) or on the
+    image (the image task); boxes on the image. `baseline` (`(sets, masks)` of
+    another model's final step, `[batch, ...]`) is drawn before the truth (not for boxes).
+    """
+    target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
+    images = batch["image"].numpy() if "image" in batch else None
+    rows = []
+    for i in range(min(count, sets.shape[1])):
+        step_args = (sets[:, i], masks[:, i], target[i], target_mask[i])
+        extra = {} if baseline is None else {"baseline": (baseline[0][i], baseline[1][i])}
+        if set_key == "set":
+            rows.append(visualize.set_progression(*step_args, **extra))
+        elif set_key == "boxes":
+            rows.append(visualize.boxes_progression(images[i], *step_args))
+        elif images is not None:  # The image task: the objects drawn on the image at their projected positions.
+            rows.append(visualize.states_on_image(images[i], *step_args, clevr.ATTRIBUTES, **extra))
+        else:  # The state auto-encoder: objects seen from above.
+            rows.append(visualize.state_progression(*step_args, clevr.ATTRIBUTES, **extra))
+    return rows
+
+
 def write_pictures(model, batch, set_key, step):
     """Progression pictures of the first examples of a fixed batch (inside a summary writer)."""
     out = model(model.inputs_of(batch, set_key), training=False)
     sets, masks = out["sets"].numpy(), out["masks"].numpy()
-    target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
     count = min(4, sets.shape[1])
-    if set_key == "set":
-        rows = [visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i]) for i in range(count)]
-        tf.summary.image("progression/sets", np.stack(rows), step=step, max_outputs=count)
-        return
+    rows = progression_rows(sets, masks, batch, set_key, count)
+    tag = {"set": "sets", "state": "states", "boxes": "boxes"}[set_key]
+    tf.summary.image(f"progression/{tag}", np.stack(rows), step=step, max_outputs=count)
     if set_key == "state":
+        target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
         tables = [
             visualize.state_table(sets[-1, i], masks[-1, i], target[i], target_mask[i], clevr.ATTRIBUTES)
             for i in range(count)
         ]
-    if "image" not in batch:  # The state auto-encoder: objects seen from above.
-        rows = [
-            visualize.state_progression(sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
-            for i in range(count)
-        ]
-        tf.summary.image("progression/states", np.stack(rows), step=step, max_outputs=count)
-        tf.summary.text("progression/state_tables", "\n\n".join(tables), step=step)
-        return
-    images = batch["image"].numpy()
-    if set_key == "boxes":
-        rows = [
-            visualize.boxes_progression(images[i], sets[:, i], masks[:, i], target[i], target_mask[i])
-            for i in range(count)
-        ]
-        tf.summary.image("progression/boxes", np.stack(rows), step=step, max_outputs=count)
-    else:  # The image task: the predicted objects drawn on the image at every inner step, then the truth.
-        rows = [
-            visualize.states_on_image(images[i], sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES)
-            for i in range(count)
-        ]
-        tf.summary.image("progression/states", np.stack(rows), step=step, max_outputs=count)
         tf.summary.text("progression/state_tables", "\n\n".join(tables), step=step)

@@ -21,9 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 
-from dspn_tf import visualize
-from dspn_tf.data import clevr
-from train import checkpoints
+from train import checkpoints, loop
 from train import config as config_lib
 
 
@@ -38,30 +36,11 @@ def progression_rows(model, batch, set_key, iters, count, baseline=None):
     With a `baseline` model, its final prediction is drawn after the steps and before the truth.
     """
     sets, masks = _decode(model, batch, set_key, iters)
-    other = _decode(baseline, batch, set_key, iters) if baseline is not None else None
-    target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
-    rows = []
-    for i in range(min(count, sets.shape[1])):
-        extra = {} if other is None else {"baseline": (other[0][-1, i], other[1][-1, i])}
-        if set_key == "set":
-            rows.append(visualize.set_progression(sets[:, i], masks[:, i], target[i], target_mask[i], **extra))
-        elif set_key == "state" and "image" in batch:
-            image = batch["image"].numpy()[i]
-            rows.append(
-                visualize.states_on_image(
-                    image, sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES, **extra
-                )
-            )
-        elif set_key == "state":
-            rows.append(
-                visualize.state_progression(
-                    sets[:, i], masks[:, i], target[i], target_mask[i], clevr.ATTRIBUTES, **extra
-                )
-            )
-        else:
-            image = batch["image"].numpy()[i]
-            rows.append(visualize.boxes_progression(image, sets[:, i], masks[:, i], target[i], target_mask[i]))
-    return rows
+    other = None
+    if baseline is not None:
+        other_sets, other_masks = _decode(baseline, batch, set_key, iters)
+        other = (other_sets[-1], other_masks[-1])
+    return loop.progression_rows(sets, masks, batch, set_key, count, baseline=other)
 
 
 def stack_rows(rows, gap=4):
