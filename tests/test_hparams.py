@@ -10,18 +10,15 @@ import json
 import os
 
 import pytest
-from absl import flags
 from tensorboard import context as tb_context
 from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 
+from tests.test_train import ROOT, run
 from train import config as config_lib
 from train import hparams
-from train import train as train_main
 
-FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--dim=16",
     "--latent=16",
@@ -36,23 +33,12 @@ TINY = [
 ]
 
 
-def _train(argv):
-    FLAGS.unparse_flags()
-    FLAGS(["train"] + argv)
-    try:
-        train_main.main([])
-    finally:
-        FLAGS.unparse_flags()
-
-
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("hparams")
     for decoder in ("dspn", "mlp"):
         config = os.path.join(ROOT, f"configs/clevr_mini_state_autoencoder_{decoder}.cfg")
-        _train(
-            [f"--flagfile={config}", *TINY, f"--cache_dir={root / 'cache'}", f"--model_dir={root / 'runs' / decoder}"]
-        )
+        run([f"--flagfile={config}", *TINY, f"--cache_dir={root / 'cache'}", f"--model_dir={root / 'runs' / decoder}"])
     return str(root / "runs")
 
 
