@@ -339,3 +339,22 @@ def test_mirrored_two_devices_equals_one_device():
         [sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_commands_printed_at_the_end_repeat_the_users_flags():
+    """The baseline and export hints carry the flags given after the flagfile, not the run's own
+    --model_dir (the baseline would overwrite the DSPN run), so they train on the same data
+    and budget and rebuild the same model."""
+    from train import config as config_lib
+
+    flagfile = os.path.join(ROOT, "configs/set_mnist_dspn.cfg")
+    config = config_lib.load(flagfile, "--data_source=/data/my mnist", "--epochs=2", "--model_dir=/tmp/dspn")
+    assert config.overrides == ("--data_source=/data/my mnist", "--epochs=2", "--model_dir=/tmp/dspn")
+    baseline, tensorboard, export = train_main.next_steps(config).split("\n")
+    mlp = flagfile.replace("_dspn.cfg", "_mlp.cfg")
+    assert baseline.endswith(f"--flagfile={mlp} '--data_source=/data/my mnist' --epochs=2")
+    assert "Chamfer" in tensorboard and "AP" not in tensorboard
+    assert export.endswith(f"--flagfile={flagfile} '--data_source=/data/my mnist' --epochs=2 --model_dir=/tmp/dspn")
+    # Without overrides the commands are the flagfile's own.
+    config = config_lib.load(flagfile)
+    assert config.overrides == () and train_main.next_steps(config).split("\n")[0].endswith(f"--flagfile={mlp}")

@@ -97,8 +97,10 @@ class RunConfig:
     picture_examples: int
     baseline_model_dir: str | None
     # Not flags: the last --flagfile of the command line (absl consumes it
-    # while parsing) and every flag's value as text, for `flags.txt`.
+    # while parsing), the flags given after it (for the commands printed at the
+    # end of a run) and every flag's value as text, for `flags.txt`.
     flagfile: str | None = None
+    overrides: tuple = ()
     flags_text: str = ""
 
 
@@ -117,13 +119,17 @@ def from_flags(flag_values=None, argv=None):
     flag_values = flag_values or FLAGS
     values = {}
     for field in dataclasses.fields(RunConfig):
-        if field.name in ("flagfile", "flags_text"):
+        if field.name in ("flagfile", "overrides", "flags_text"):
             continue
         value = getattr(flag_values, field.name)
         values[field.name] = tuple(value) if isinstance(value, list) else value
-    flagfiles = [a.split("=", 1)[1] for a in (sys.argv if argv is None else argv)[1:] if a.startswith("--flagfile=")]
+    args = list(sys.argv if argv is None else argv)[1:]
+    last = max((i for i, a in enumerate(args) if a.startswith("--flagfile=")), default=None)
     return RunConfig(
-        **values, flagfile=flagfiles[-1] if flagfiles else None, flags_text=flag_values.flags_into_string()
+        **values,
+        flagfile=None if last is None else args[last].split("=", 1)[1],
+        overrides=() if last is None else tuple(a for a in args[last + 1 :] if a.startswith("-")),
+        flags_text=flag_values.flags_into_string(),
     )
 
 

@@ -45,6 +45,7 @@ _NOT_SETTINGS = frozenset(
         "max_iters",
         "picture_examples",
         "flagfile",
+        "overrides",
         "flags_text",
     }
 )

@@ -9,6 +9,7 @@ from train import startup  # noqa: F401  First: keeps TensorFlow's C++ start-up 
 
 # isort: split
 import os
+import shlex
 import sys
 
 import keras
@@ -101,14 +102,24 @@ def report(config, results, step):
 
 
 def next_steps(config):
-    """What to run next, printed after the results table."""
+    """What to run next, printed after the results table.
+
+    The commands repeat the flags given after the flagfile (e.g. `--data_source`,
+    `--train_steps`), so the baseline gets the same data and budget and the export
+    rebuilds the same model; the baseline keeps its own flagfile's `--model_dir`.
+    """
     flagfile, model_dir = config.flagfile, config.model_dir
-    lines = [f"TensorBoard (losses, AP, pictures of every inner step): tensorboard --logdir {model_dir}"]
+    overrides = [a for a in config.overrides if not a.startswith(("--model_dir=", "--flagfile="))]
+    extra = "".join(" " + shlex.quote(a) for a in overrides)
+    measured = "Chamfer" if config.dataset == "set_mnist" else "AP"
+    lines = [f"TensorBoard (losses, {measured}, pictures of every inner step): tensorboard --logdir {model_dir}"]
     if flagfile and config.decoder == "dspn" and flagfile.endswith("_dspn.cfg"):
         baseline = flagfile[: -len("_dspn.cfg")] + "_mlp.cfg"
         if os.path.isfile(baseline):
-            lines.insert(0, f"MLP baseline with the same budget: python -m train.train --flagfile={baseline}")
-    export = f"python -m train.export --flagfile={flagfile}" if flagfile else "python -m train.export <same flags>"
+            lines.insert(0, f"MLP baseline with the same budget: python -m train.train --flagfile={baseline}{extra}")
+    export = (
+        f"python -m train.export --flagfile={flagfile}{extra}" if flagfile else "python -m train.export <same flags>"
+    )
     lines.append(f"Export for TF Serving: {export} --model_dir={model_dir}")
     return "\n".join(lines)
 
