@@ -148,3 +148,20 @@ def test_tensorflow_info_records_are_dropped_and_others_kept():
     assert not startup.drop_tensorflow_info(record(logging.INFO, tf_file))
     assert startup.drop_tensorflow_info(record(logging.WARNING, tf_file))
     assert startup.drop_tensorflow_info(record(logging.INFO, os.path.join(ROOT, "train", "loop.py")))
+
+
+def test_every_entry_point_imports_the_start_up_filter_first():
+    """TensorFlow prints its C++ start-up lines at import, so any import before train.startup lets them through."""
+    import ast
+    import glob
+
+    entries = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "train", "*.py"))):
+        tree = ast.parse(open(path).read())
+        if "app.run(" not in ast.unparse(tree):
+            continue
+        entries.append(os.path.basename(path))
+        first = next(node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
+        assert isinstance(first, ast.ImportFrom) and first.module == "train", path
+        assert [alias.name for alias in first.names] == ["startup"], path
+    assert entries == ["evaluate.py", "export.py", "pictures.py", "train.py"]

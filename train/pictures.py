@@ -15,6 +15,9 @@ and the mask as opacity; CLEVR boxes on the image. With --baseline_model_dir
 steps and before the truth, as in the paper's Figure 1.
 """
 
+from train import startup  # noqa: F401  First: keeps TensorFlow's C++ start-up logging out (train/startup.py).
+
+# isort: split
 import os
 
 import numpy as np
