@@ -74,7 +74,14 @@ def _draw_box(canvas, box, color, alpha):
         canvas[rows, cols] = (1 - alpha) * canvas[rows, cols] + alpha * color
 
 
-def boxes_progression(image, boxes, masks, target_boxes, target_mask, threshold=0.0):
+def _enlarged(image, size):
+    """`[H, W, 3]` float image in [0, 1] enlarged (nearest neighbour) to `[size, size, 3]` in [0, 255]."""
+    rows = np.minimum((np.arange(size) * image.shape[0]) // size, image.shape[0] - 1)
+    cols = np.minimum((np.arange(size) * image.shape[1]) // size, image.shape[1] - 1)
+    return np.clip(np.asarray(image, np.float64)[rows][:, cols], 0.0, 1.0) * 255.0
+
+
+def boxes_progression(image, boxes, masks, target_boxes, target_mask, threshold=0.0, size=192, baseline=None):
     """CLEVR boxes: the image with each step's boxes (opacity = mask), then the target.
 
     Args:
@@ -84,10 +91,15 @@ def boxes_progression(image, boxes, masks, target_boxes, target_mask, threshold=
         target_boxes: `[M, 4]`.
         target_mask: `[M]`.
         threshold: Boxes whose mask is at most this are not drawn.
+        size: Panel side in pixels (the image is enlarged to it, so boxes stay readable).
+        baseline: Optional `(boxes [N, 4], mask [N])` of another model, drawn
+            after the steps and before the target.
     """
-    base = np.clip(np.asarray(image, np.float64), 0.0, 1.0) * 255.0
+    base = _enlarged(image, size)
+    sets = list(boxes) + ([baseline[0]] if baseline is not None else []) + [target_boxes]
+    set_masks = list(masks) + ([baseline[1]] if baseline is not None else []) + [target_mask]
     panels = []
-    for step_boxes, step_mask in zip(list(boxes) + [target_boxes], list(masks) + [target_mask]):
+    for step_boxes, step_mask in zip(sets, set_masks):
         canvas = base.copy()
         for box, m in zip(step_boxes, np.clip(step_mask, 0.0, 1.0)):
             if m > threshold:
@@ -283,10 +295,7 @@ def states_on_image(image, states, masks, target, target_mask, names, size=192, 
             f"states_on_image: expected image [H, W, 3], states [steps, N, C] and target [M, C]; received "
             f"{image.shape}, {states.shape} and {target.shape}."
         )
-    # Nearest-neighbour enlargement to `size`, so the markers are drawn at a readable scale.
-    rows = np.minimum((np.arange(size) * image.shape[0]) // size, image.shape[0] - 1)
-    cols = np.minimum((np.arange(size) * image.shape[1]) // size, image.shape[1] - 1)
-    base = np.clip(image[rows][:, cols], 0.0, 1.0) * 255.0
+    base = _enlarged(image, size)  # So the markers are drawn at a readable scale.
     scale = (size / camera_lib.WIDTH, size / camera_lib.HEIGHT)  # CLEVR's 480 x 320 pixels -> the panel.
     camera = camera_lib.Camera()
     panels = [base.astype(np.uint8)]

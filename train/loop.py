@@ -321,7 +321,7 @@ def progression_rows(sets, masks, batch, set_key, count, baseline=None):
     `sets` / `masks` are a decoder's `[steps, batch, ...]` outputs on `batch`. set-MNIST
     sets are points; CLEVR states are drawn from above (the auto-encoder) or on the
     image (the image task); boxes on the image. `baseline` (`(sets, masks)` of
-    another model's final step, `[batch, ...]`) is drawn before the truth (not for boxes).
+    another model's final step, `[batch, ...]`) is drawn before the truth.
     """
     target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
     images = batch["image"].numpy() if "image" in batch else None
@@ -332,7 +332,7 @@ def progression_rows(sets, masks, batch, set_key, count, baseline=None):
         if set_key == "set":
             rows.append(visualize.set_progression(*step_args, **extra))
         elif set_key == "boxes":
-            rows.append(visualize.boxes_progression(images[i], *step_args))
+            rows.append(visualize.boxes_progression(images[i], *step_args, **extra))
         elif images is not None:  # The image task: the objects drawn on the image at their projected positions.
             rows.append(visualize.states_on_image(images[i], *step_args, clevr.ATTRIBUTES, **extra))
         else:  # The state auto-encoder: objects seen from above.
