@@ -355,6 +355,11 @@ def test_commands_printed_at_the_end_repeat_the_users_flags():
     assert baseline.endswith(f"--flagfile={mlp} '--data_source=/data/my mnist' --epochs=2")
     assert "Chamfer" in tensorboard and "AP" not in tensorboard
     assert export.endswith(f"--flagfile={flagfile} '--data_source=/data/my mnist' --epochs=2 --model_dir=/tmp/dspn")
+    # Flags written with a space before their value keep it; --model_dir goes in either form.
+    config = config_lib.load(flagfile, "--model_dir", "/tmp/dspn", "--epochs", "2", "-model_dir=/tmp/other")
+    baseline, _, export = train_main.next_steps(config).split("\n")
+    assert baseline.endswith(f"--flagfile={mlp} --epochs 2")
+    assert export.endswith(f"--flagfile={flagfile} --epochs 2 --model_dir=/tmp/other")
     # Without overrides the commands are the flagfile's own.
     config = config_lib.load(flagfile)
     assert config.overrides == () and train_main.next_steps(config).split("\n")[0].endswith(f"--flagfile={mlp}")

@@ -128,7 +128,7 @@ def from_flags(flag_values=None, argv=None):
     return RunConfig(
         **values,
         flagfile=None if last is None else args[last].split("=", 1)[1],
-        overrides=() if last is None else tuple(a for a in args[last + 1 :] if a.startswith("-")),
+        overrides=() if last is None else tuple(args[last + 1 :]),
         flags_text=flag_values.flags_into_string(),
     )
 

@@ -101,6 +101,20 @@ def report(config, results, step):
     print(next_steps(config))
 
 
+def _without_model_dir(args):
+    """Command-line arguments less `--model_dir=DIR` / `--model_dir DIR` (absl takes one or two dashes)."""
+    kept, skip = [], False
+    for arg in args:
+        name = arg.lstrip("-").split("=", 1)[0]
+        if skip:
+            skip = False
+        elif arg.startswith("-") and name == "model_dir":
+            skip = "=" not in arg
+        else:
+            kept.append(arg)
+    return kept
+
+
 def next_steps(config):
     """What to run next, printed after the results table.
 
@@ -109,8 +123,7 @@ def next_steps(config):
     rebuilds the same model; the baseline keeps its own flagfile's `--model_dir`.
     """
     flagfile, model_dir = config.flagfile, config.model_dir
-    overrides = [a for a in config.overrides if not a.startswith(("--model_dir=", "--flagfile="))]
-    extra = "".join(" " + shlex.quote(a) for a in overrides)
+    extra = "".join(" " + shlex.quote(a) for a in _without_model_dir(config.overrides))
     measured = "Chamfer" if config.dataset == "set_mnist" else "AP"
     lines = [f"TensorBoard (losses, {measured}, pictures of every inner step): tensorboard --logdir {model_dir}"]
     if flagfile and config.decoder == "dspn" and flagfile.endswith("_dspn.cfg"):
