@@ -96,10 +96,9 @@ def boxes_progression(image, boxes, masks, target_boxes, target_mask, threshold=
             after the steps and before the target.
     """
     base = _enlarged(image, size)
-    sets = list(boxes) + ([baseline[0]] if baseline is not None else []) + [target_boxes]
-    set_masks = list(masks) + ([baseline[1]] if baseline is not None else []) + [target_mask]
+    drawn = list(zip(boxes, masks)) + ([baseline] if baseline is not None else []) + [(target_boxes, target_mask)]
     panels = []
-    for step_boxes, step_mask in zip(sets, set_masks):
+    for step_boxes, step_mask in drawn:
         canvas = base.copy()
         for box, m in zip(step_boxes, np.clip(step_mask, 0.0, 1.0)):
             if m > threshold:
