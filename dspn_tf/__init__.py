@@ -1,6 +1,6 @@
 """dspn_tf: Deep Set Prediction Networks in TensorFlow / Keras 3."""
 
-from dspn_tf import losses
+from dspn_tf import losses, optimizers
 from dspn_tf.baselines import LSTMDecoder, MLPDecoder
 from dspn_tf.dspn import DSPN
 from dspn_tf.encoders import FSEncoder, RNFSEncoder
@@ -24,4 +24,5 @@ __all__ = [
     "SetAutoEncoder",
     "build_model",
     "losses",
+    "optimizers",
 ]

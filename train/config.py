@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 from absl import flags
 
+from dspn_tf import optimizers
 from dspn_tf.data import batches, clevr, clevr_states, image_cache, render, set_mnist
 from dspn_tf.models import build_model as build_model_from_args
 from dspn_tf.training import LossSettings
@@ -64,6 +65,7 @@ class RunConfig:
     loss_all_steps: bool | None
     repr_lambda: float | None
     learning_rate: float
+    optimizer: str
     learning_rate_drops: tuple
     batch_size: int
     epochs: int | None
@@ -306,8 +308,12 @@ def build_model(config):
 
 
 def build_optimizer(config, model, total):
-    """Adam at `learning_rate(config, total)`, built for the model's variables (call under the strategy's scope)."""
-    optimizer = keras.optimizers.Adam(learning_rate(config, total), epsilon=1e-8)
+    """Adam (--optimizer) at `learning_rate(config, total)`, built for the model's variables.
+
+    Call under the strategy's scope.
+    """
+    adam = optimizers.Adam if config.optimizer == "adam" else keras.optimizers.Adam
+    optimizer = adam(learning_rate(config, total), epsilon=1e-8)
     if config.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # The Trainer scales the loss.
     optimizer.build(model.trainable_variables)

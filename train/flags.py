@@ -104,6 +104,15 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_float("repr_lambda", None, "Weight of the representation loss (default 0.1 for DSPN on CLEVR, else 0).")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate.")
+flags.DEFINE_enum(
+    "optimizer",
+    "adam",
+    ["adam", "keras_adam"],
+    "adam: Adam with epsilon 1e-8 added to sqrt(v_hat), as PyTorch and the paper's code "
+    "(dspn_tf.optimizers.Adam); keras_adam: keras.optimizers.Adam, whose epsilon (also 1e-8) is added to "
+    "sqrt(v) before bias correction and so damps the first updates of small gradients (the default "
+    "before 2026-12-01).",
+)
 flags.DEFINE_list(
     "learning_rate_drops",
     [],
