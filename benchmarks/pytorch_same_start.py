@@ -1,0 +1,178 @@
+r"""dspn_tf and the PyTorch reference from the same weights, on the same set-MNIST batches.
+
+    pip install torch==2.13.0        # a CPU build; torch is not a dependency of dspn_tf
+    python -m benchmarks.pytorch_same_start --flagfile=configs/set_mnist_dspn.cfg \
+        --override=--data_source=/path/to/mnist --steps=3
+    python -m benchmarks.pytorch_same_start ... --override=--optimizer=keras_adam   # Keras' Adam instead
+    python -m benchmarks.pytorch_same_start ... --free --steps=50                    # let them drift apart
+
+What it does: builds the run's model and optimizer as `train.train` does
+(`train.config`, the run's `--seed`), copies the initial weights into the
+channels-first PyTorch model of `benchmarks.pytorch_reference` (with
+`torch.optim.Adam`, epsilon 1e-8), and trains both on the batches of
+`train.train`. Every step prints both training losses and, per variable,
+the norms of the two frameworks' gradients and Adam updates and of their
+differences. By default the PyTorch weights are reset to dspn_tf's after
+every step, so each step compares one update from identical weights;
+`--free` lets both run on their own from the common start.
+
+This is the check that found Keras' epsilon placement: with
+`keras.optimizers.Adam` the gradients agreed to 1e-5 but the first updates
+of the encoder were up to 3.6x smaller than PyTorch's (benchmarks/README.md,
+"Adam's epsilon").
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+from benchmarks.pytorch_reference import chamfer, import_torch
+from benchmarks.pytorch_set_mnist import Reference, run_config
+
+# dspn_tf variable (suffix of its path) -> (PyTorch parameter of `Reference`, layout).
+# Layouts: "dense" kernel [in, out] <-> Conv1d weight [out, in, 1]; "set" [1, N, C] <-> [1, C, N].
+_PARAMETERS = {
+    "hidden1/kernel": (lambda r: r.encoder.conv[0].weight, "dense"),
+    "hidden1/bias": (lambda r: r.encoder.conv[0].bias, "same"),
+    "hidden2/kernel": (lambda r: r.encoder.conv[2].weight, "dense"),
+    "hidden2/bias": (lambda r: r.encoder.conv[2].bias, "same"),
+    "project/kernel": (lambda r: r.encoder.conv[4].weight, "dense"),
+    "project/bias": (lambda r: r.encoder.conv[4].bias, "same"),
+    "pool/weight": (lambda r: r.encoder.pool.weight, "same"),
+    "dspn/starting_set": (lambda r: r.decoder.starting_set, "set"),
+    "dspn/starting_mask": (lambda r: r.decoder.starting_mask, "same"),
+}
+
+
+def to_torch_layout(value, layout):
+    if layout == "dense":
+        return value.T[..., None]
+    if layout == "set":
+        return np.transpose(value, (0, 2, 1))
+    return value
+
+
+def to_tf_layout(value, layout):
+    if layout == "dense":
+        return value[..., 0].T
+    if layout == "set":
+        return np.transpose(value, (0, 2, 1))
+    return value
+
+
+def pair_parameters(model, reference):
+    """[(short name, dspn_tf variable, PyTorch parameter, layout)] for every trainable variable."""
+    pairs = []
+    for variable in model.trainable_variables:
+        name = "/".join(variable.path.split("/")[-2:])
+        if name not in _PARAMETERS:
+            sys.exit(f"error: no PyTorch counterpart for the dspn_tf variable {variable.path!r}.")
+        parameter, layout = _PARAMETERS[name]
+        pairs.append((name, variable, parameter(reference), layout))
+    return pairs
+
+
+def copy_weights(torch, pairs):
+    with torch.no_grad():
+        for _, variable, parameter, layout in pairs:
+            value = np.ascontiguousarray(to_torch_layout(variable.numpy(), layout))
+            if tuple(value.shape) != tuple(parameter.shape):
+                sys.exit(
+                    f"error: {variable.path} has shape {value.shape} in PyTorch layout, the reference {tuple(parameter.shape)}."
+                )
+            parameter.copy_(torch.from_numpy(value))
+
+
+def torch_step(torch, reference, batch):
+    """One reference training step; returns its loss and the gradients it applied (NumPy, parameter order)."""
+    reference.modules.train()
+    reference.optimizer.zero_grad(set_to_none=True)
+    sets, masks, target = reference.decode(batch, reference.train_iters, create_graph=True)
+    scored = list(zip(sets, masks)) if reference.all_steps else [(sets[-1], masks[-1])]
+    loss = sum(chamfer(torch.cat([s, m.unsqueeze(1)], dim=1), target) for s, m in scored) / len(scored)
+    loss.backward()
+    grads = [p.grad.detach().numpy().copy() for p in reference.modules.parameters()]
+    reference.optimizer.step()
+    return loss.item(), grads
+
+
+def norm(x):
+    return float(np.linalg.norm(x))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flagfile", required=True, help="A set-MNIST DSPN config, e.g. configs/set_mnist_dspn.cfg.")
+    parser.add_argument("--override", action="append", default=[], help="A train flag (repeatable).")
+    parser.add_argument("--steps", type=int, default=3, help="Training steps of each framework.")
+    parser.add_argument("--free", action="store_true", help="Do not reset PyTorch's weights to dspn_tf's each step.")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own).")
+    args = parser.parse_args(argv)
+    torch = import_torch()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import keras
+    import tensorflow as tf
+
+    from dspn_tf import training
+    from train import config as config_lib
+
+    tf.config.set_visible_devices([], "GPU")
+    cfg = run_config(args.flagfile, args.override)
+    keras.utils.set_random_seed(cfg.seed)  # Where train.train seeds: the same initial weights as its run.
+    strategy = tf.distribute.get_strategy()
+    train_ds, size = config_lib.train_batches(cfg, strategy)
+    total = config_lib.total_steps(cfg, size)
+    model = config_lib.build_model(cfg)
+    optimizer = config_lib.build_optimizer(cfg, model, total)
+    settings = config_lib.loss_settings(cfg)
+    trainer = training.Trainer(model, optimizer, settings, global_batch_size=cfg.batch_size)
+    reference = Reference(torch, cfg, config_lib.task(cfg).set_size)
+    pairs = pair_parameters(model, reference)
+    order = {id(p): i for i, p in enumerate(reference.modules.parameters())}
+    copy_weights(torch, pairs)
+    print(
+        f"dspn_tf ({type(optimizer).__module__}.{type(optimizer).__name__}) and PyTorch (torch.optim.Adam) from "
+        f"the same weights (seed {cfg.seed}), {'free-running' if args.free else 'reset to dspn_tf each step'}."
+    )
+    batches = iter(train_ds)
+    for step in range(1, args.steps + 1):
+        batch = next(batches)
+        if args.free and step > 1:
+            tf_loss = float(trainer.train_step(batch)["train/loss"])
+            torch_loss = reference.train_step(batch)
+            squared = [
+                (norm(v.numpy() - to_tf_layout(p.detach().numpy(), layout)) ** 2, norm(v.numpy()) ** 2)
+                for _, v, p, layout in pairs
+            ]
+            apart = (sum(d for d, _ in squared) / sum(w for _, w in squared)) ** 0.5  # Relative, all weights.
+            print(
+                f"step {step}: training loss dspn_tf {tf_loss:.7f}, PyTorch {torch_loss:.7f}; weights apart {apart:.2e}"
+            )
+            continue
+        before = [v.numpy().copy() for _, v, _, _ in pairs]
+        _, losses, tf_grads = training.loss_and_gradients(
+            model, optimizer, batch, settings, global_batch_size=cfg.batch_size
+        )
+        optimizer.apply(tf_grads, model.trainable_variables)
+        torch_loss, grads = torch_step(torch, reference, batch)
+        tf_loss = float(tf.reduce_mean(losses["loss"]))
+        print(f"step {step}: training loss dspn_tf {tf_loss:.7f}, PyTorch {torch_loss:.7f}")
+        print(
+            f"  {'variable':20s} {'|grad| tf':>10s} {'torch':>10s} {'|diff|':>9s} {'|update| tf':>12s} {'torch':>10s} {'|diff|':>9s}"
+        )
+        for (name, variable, parameter, layout), tf_grad, w0 in zip(pairs, tf_grads, before):
+            g = to_tf_layout(grads[order[id(parameter)]], layout)
+            a = variable.numpy() - w0
+            b = to_tf_layout(parameter.detach().numpy(), layout) - w0
+            print(
+                f"  {name:20s} {norm(tf_grad):10.3e} {norm(g):10.3e} {norm(tf_grad.numpy() - g):9.2e} "
+                f"{norm(a):12.4e} {norm(b):10.4e} {norm(a - b):9.2e}"
+            )
+        if not args.free:
+            copy_weights(torch, pairs)
+
+
+if __name__ == "__main__":
+    main()
