@@ -5,6 +5,8 @@ r"""dspn_tf and the PyTorch reference from the same weights, on the same set-MNI
         --override=--data_source=/path/to/mnist --steps=3
     python -m benchmarks.pytorch_same_start ... --override=--optimizer=keras_adam   # Keras' Adam instead
     python -m benchmarks.pytorch_same_start ... --free --steps=50                    # let them drift apart
+    python -m benchmarks.pytorch_same_start ... --checkpoint=RUN/checkpoints/ckpt-375 --steps=0 \
+        --eval_examples=1000                    # score one trained model in both frameworks
 
 What it does: builds the run's model and optimizer as `train.train` does
 (`train.config`, the run's `--seed`), copies the initial weights into the
@@ -14,7 +16,11 @@ channels-first PyTorch model of `benchmarks.pytorch_reference` (with
 the norms of the two frameworks' gradients and Adam updates and of their
 differences. By default the PyTorch weights are reset to dspn_tf's after
 every step, so each step compares one update from identical weights;
-`--free` lets both run on their own from the common start.
+`--free` lets both run on their own from the common start. `--checkpoint`
+starts both from a trained dspn_tf model instead (fresh Adam states), and
+`--eval_examples` scores both at the end on the first test sets, dspn_tf
+through `dspn_tf.evaluation` (what `train.evaluate` reports) and PyTorch
+through the reference's own inner loop.
 
 This is the check that found Keras' epsilon placement: with
 `keras.optimizers.Adam` the gradients agreed to 1e-5 but the first updates
@@ -101,77 +107,125 @@ def norm(x):
     return float(np.linalg.norm(x))
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flagfile", required=True, help="A set-MNIST DSPN config, e.g. configs/set_mnist_dspn.cfg.")
     parser.add_argument("--override", action="append", default=[], help="A train flag (repeatable).")
-    parser.add_argument("--steps", type=int, default=3, help="Training steps of each framework.")
+    parser.add_argument("--steps", type=int, default=3, help="Training steps of each framework (0: none).")
     parser.add_argument("--free", action="store_true", help="Do not reset PyTorch's weights to dspn_tf's each step.")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own).")
-    args = parser.parse_args(argv)
-    torch = import_torch()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import keras
-    import tensorflow as tf
-
-    from dspn_tf import training
-    from train import config as config_lib
-
-    tf.config.set_visible_devices([], "GPU")
-    cfg = run_config(args.flagfile, args.override)
-    keras.utils.set_random_seed(cfg.seed)  # Where train.train seeds: the same initial weights as its run.
-    strategy = tf.distribute.get_strategy()
-    train_ds, size = config_lib.train_batches(cfg, strategy)
-    total = config_lib.total_steps(cfg, size)
-    model = config_lib.build_model(cfg)
-    optimizer = config_lib.build_optimizer(cfg, model, total)
-    settings = config_lib.loss_settings(cfg)
-    trainer = training.Trainer(model, optimizer, settings, global_batch_size=cfg.batch_size)
-    reference = Reference(torch, cfg, config_lib.task(cfg).set_size)
-    pairs = pair_parameters(model, reference)
-    order = {id(p): i for i, p in enumerate(reference.modules.parameters())}
-    copy_weights(torch, pairs)
-    print(
-        f"dspn_tf ({type(optimizer).__module__}.{type(optimizer).__name__}) and PyTorch (torch.optim.Adam) from "
-        f"the same weights (seed {cfg.seed}), {'free-running' if args.free else 'reset to dspn_tf each step'}."
+    parser.add_argument(
+        "--checkpoint", default=None, help="Start from this dspn_tf checkpoint (a train.train run's ckpt-N prefix)."
     )
-    batches = iter(train_ds)
-    for step in range(1, args.steps + 1):
-        batch = next(batches)
-        if args.free and step > 1:
-            tf_loss = float(trainer.train_step(batch)["train/loss"])
-            torch_loss = reference.train_step(batch)
-            squared = [
-                (norm(v.numpy() - to_tf_layout(p.detach().numpy(), layout)) ** 2, norm(v.numpy()) ** 2)
-                for _, v, p, layout in pairs
-            ]
-            apart = (sum(d for d, _ in squared) / sum(w for _, w in squared)) ** 0.5  # Relative, all weights.
-            print(
-                f"step {step}: training loss dspn_tf {tf_loss:.7f}, PyTorch {torch_loss:.7f}; weights apart {apart:.2e}"
-            )
-            continue
-        before = [v.numpy().copy() for _, v, _, _ in pairs]
+    parser.add_argument(
+        "--eval_examples", type=int, default=0, help="At the end, score both on the first this many test sets."
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own).")
+    return parser.parse_args(argv)
+
+
+class Pair:
+    """dspn_tf's model, optimizer and trainer as `train.train` builds them, and the PyTorch reference."""
+
+    def __init__(self, torch, args):
+        import keras
+        import tensorflow as tf
+
+        from dspn_tf import training
+        from train import checkpoints
+        from train import config as config_lib
+
+        self.torch, self.tf = torch, tf
+        cfg = self.cfg = run_config(args.flagfile, args.override)
+        keras.utils.set_random_seed(cfg.seed)  # Where train.train seeds: the same initial weights as its run.
+        self.train_ds, size = config_lib.train_batches(cfg, tf.distribute.get_strategy())
+        self.eval_ds = config_lib.eval_batches(cfg)
+        self.model = config_lib.build_model(cfg)
+        if args.checkpoint:
+            checkpoints.restore({"model": self.model}, None, args.checkpoint)
+        self.optimizer = config_lib.build_optimizer(cfg, self.model, config_lib.total_steps(cfg, size))
+        self.settings = config_lib.loss_settings(cfg)
+        self.trainer = training.Trainer(self.model, self.optimizer, self.settings, global_batch_size=cfg.batch_size)
+        self.reference = Reference(torch, cfg, config_lib.task(cfg).set_size)
+        self.pairs = pair_parameters(self.model, self.reference)
+        self.order = {id(p): i for i, p in enumerate(self.reference.modules.parameters())}
+        self.eval_iters = int(config_lib.eval_iters(cfg)[0])
+        copy_weights(torch, self.pairs)
+
+    def compared_step(self, step, batch):
+        """One step of each from the current weights; prints losses, gradients and updates per variable."""
+        from dspn_tf import training
+
+        before = [v.numpy().copy() for _, v, _, _ in self.pairs]
         _, losses, tf_grads = training.loss_and_gradients(
-            model, optimizer, batch, settings, global_batch_size=cfg.batch_size
+            self.model, self.optimizer, batch, self.settings, global_batch_size=self.cfg.batch_size
         )
-        optimizer.apply(tf_grads, model.trainable_variables)
-        torch_loss, grads = torch_step(torch, reference, batch)
-        tf_loss = float(tf.reduce_mean(losses["loss"]))
+        self.optimizer.apply(tf_grads, self.model.trainable_variables)
+        torch_loss, grads = torch_step(self.torch, self.reference, batch)
+        tf_loss = float(self.tf.reduce_mean(losses["loss"]))
         print(f"step {step}: training loss dspn_tf {tf_loss:.7f}, PyTorch {torch_loss:.7f}")
         print(
-            f"  {'variable':20s} {'|grad| tf':>10s} {'torch':>10s} {'|diff|':>9s} {'|update| tf':>12s} {'torch':>10s} {'|diff|':>9s}"
+            f"  {'variable':20s} {'|grad| tf':>10s} {'torch':>10s} {'|diff|':>9s} "
+            f"{'|update| tf':>12s} {'torch':>10s} {'|diff|':>9s}"
         )
-        for (name, variable, parameter, layout), tf_grad, w0 in zip(pairs, tf_grads, before):
-            g = to_tf_layout(grads[order[id(parameter)]], layout)
+        for (name, variable, parameter, layout), tf_grad, w0 in zip(self.pairs, tf_grads, before):
+            g = to_tf_layout(grads[self.order[id(parameter)]], layout)
             a = variable.numpy() - w0
             b = to_tf_layout(parameter.detach().numpy(), layout) - w0
             print(
                 f"  {name:20s} {norm(tf_grad):10.3e} {norm(g):10.3e} {norm(tf_grad.numpy() - g):9.2e} "
                 f"{norm(a):12.4e} {norm(b):10.4e} {norm(a - b):9.2e}"
             )
+
+    def free_step(self, step, batch):
+        """One step of each on its own weights; prints both losses and how far apart the weights are."""
+        tf_loss = float(self.trainer.train_step(batch)["train/loss"])
+        torch_loss = self.reference.train_step(batch)
+        squared = [
+            (norm(v.numpy() - to_tf_layout(p.detach().numpy(), layout)) ** 2, norm(v.numpy()) ** 2)
+            for _, v, p, layout in self.pairs
+        ]
+        apart = (sum(d for d, _ in squared) / sum(w for _, w in squared)) ** 0.5  # Relative, all weights.
+        print(f"step {step}: training loss dspn_tf {tf_loss:.7f}, PyTorch {torch_loss:.7f}; weights apart {apart:.2e}")
+
+    def score(self, examples):
+        """Test Chamfer x 1e3 of the final inner step on the first `examples` test sets, both frameworks."""
+        from dspn_tf import evaluation
+
+        first = self.eval_ds.unbatch().take(examples).batch(self.cfg.batch_size)
+        predictions = evaluation.collect_predictions(self.model, first, set_key="set", iters_list=[self.eval_iters])
+        tf_value = evaluation.chamfer_per_iters(predictions)[self.eval_iters]
+        torch_value = self.reference.test_chamfer(first, self.eval_iters)
+        print(
+            f"test Chamfer x1e3 on the first {examples} sets at {self.eval_iters} inner steps: "
+            f"dspn_tf (dspn_tf.evaluation) {tf_value * 1e3:.5f}, PyTorch reference {torch_value * 1e3:.5f}"
+        )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch = import_torch()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    pair = Pair(torch, args)
+    start = f"the checkpoint {args.checkpoint}" if args.checkpoint else f"the initial weights of seed {pair.cfg.seed}"
+    mode = "free-running" if args.free else "PyTorch's weights reset to dspn_tf's every step"
+    mode = f"{args.steps} training steps, {mode}" if args.steps else "no training"
+    optimizer = f"{type(pair.optimizer).__module__}.{type(pair.optimizer).__name__}"
+    print(f"dspn_tf ({optimizer}) and PyTorch (torch.optim.Adam) from {start}; {mode}.")
+    batches = iter(pair.train_ds)
+    for step in range(1, args.steps + 1):
+        batch = next(batches)
+        if args.free and step > 1:
+            pair.free_step(step, batch)
+            continue
+        pair.compared_step(step, batch)
         if not args.free:
-            copy_weights(torch, pairs)
+            copy_weights(torch, pair.pairs)
+    if args.eval_examples:
+        pair.score(args.eval_examples)
 
 
 if __name__ == "__main__":
