@@ -127,7 +127,6 @@ class Pair:
     """dspn_tf's model, optimizer and trainer as `train.train` builds them, and the PyTorch reference."""
 
     def __init__(self, torch, args):
-        import keras
         import tensorflow as tf
 
         from dspn_tf import training
@@ -136,10 +135,10 @@ class Pair:
 
         self.torch, self.tf = torch, tf
         cfg = self.cfg = run_config(args.flagfile, args.override)
-        keras.utils.set_random_seed(cfg.seed)  # Where train.train seeds: the same initial weights as its run.
+        config_lib.set_seeds(cfg)  # As train.train: its run's initial weights and batch order.
         self.train_ds, size = config_lib.train_batches(cfg, tf.distribute.get_strategy())
+        self.model = config_lib.build_model(cfg)  # Built next, as in train.train: the same initial draws.
         self.eval_ds = config_lib.eval_batches(cfg)
-        self.model = config_lib.build_model(cfg)
         if args.checkpoint:
             checkpoints.restore({"model": self.model}, None, args.checkpoint)
         self.optimizer = config_lib.build_optimizer(cfg, self.model, config_lib.total_steps(cfg, size))

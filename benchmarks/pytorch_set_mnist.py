@@ -123,6 +123,7 @@ def main(argv=None):
 
     tf.config.set_visible_devices([], "GPU")
     cfg = run_config(args.flagfile, args.override)
+    config_lib.set_seeds(cfg)  # The shuffle order depends on TF's global seed: train.train's batches need it.
     strategy = tf.distribute.get_strategy()
     train_ds, size = config_lib.train_batches(cfg, strategy)
     total = config_lib.total_steps(cfg, size)

@@ -211,8 +211,23 @@ def build_split(config, split):
     )
 
 
+def set_seeds(config):
+    """Seeds Python, NumPy and TensorFlow from --seed (and turns on --deterministic), as `train.train` does first.
+
+    Both the initial weights and the order of `train_batches` depend on it:
+    tf.data's shuffle combines its own seed (--seed) with TensorFlow's global
+    seed, so a process that reads `train_batches` without this call (a
+    benchmark, a notebook) gets other batches than the run with the same --seed.
+    """
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+
+
 def train_batches(config, strategy):
     """The global batches of the training split (every worker reads them all), and the split's size.
+
+    The order is that of `train.train`'s run with the same --seed after `set_seeds(config)`.
 
     Raises:
         ValueError: naming --batch_size if it does not split over the replicas or exceeds the split.

@@ -13,7 +13,6 @@ import shlex
 import sys
 
 import keras
-import tensorflow as tf
 from absl import app, logging
 
 from dspn_tf import evaluation
@@ -28,9 +27,7 @@ __all__ = ["NonFiniteLossError", "WorkerLostError", "main", "run"]
 def main(argv):
     del argv
     config = config_lib.from_flags()
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
+    config_lib.set_seeds(config)
     strategy = config_lib.make_strategy(config)
     settings = config_lib.loss_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
