@@ -45,7 +45,8 @@ INNER_ITERS = 10
 PER_SAMPLE_STEP = 25.0  # the reference's lr 800 at batch 32, with a batch-mean inner loss
 
 
-def import_torch():
+def import_torch(threads=None):
+    """`torch`, with `torch.set_num_threads(threads)` if given; exits with an install hint without it."""
     try:
         import torch
     except ImportError:
@@ -53,6 +54,8 @@ def import_torch():
             "error: PyTorch is not installed; this benchmark needs it (dspn_tf itself does not).\n"
             "Install a CPU build with:  pip install torch==2.13.0   (or any CPU torch)"
         )
+    if threads:
+        torch.set_num_threads(threads)
     return torch
 
 

@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.pytorch_reference import chamfer, import_torch
+from benchmarks.pytorch_reference import import_torch
 from benchmarks.pytorch_set_mnist import Reference, run_config
 
 # dspn_tf variable (suffix of its path) -> (PyTorch parameter of `Reference`, layout).
@@ -88,19 +88,6 @@ def copy_weights(torch, pairs):
                     f"error: {variable.path} has shape {value.shape} in PyTorch layout, the reference {tuple(parameter.shape)}."
                 )
             parameter.copy_(torch.from_numpy(value))
-
-
-def torch_step(torch, reference, batch):
-    """One reference training step; returns its loss and the gradients it applied (NumPy, parameter order)."""
-    reference.modules.train()
-    reference.optimizer.zero_grad(set_to_none=True)
-    sets, masks, target = reference.decode(batch, reference.train_iters, create_graph=True)
-    scored = list(zip(sets, masks)) if reference.all_steps else [(sets[-1], masks[-1])]
-    loss = sum(chamfer(torch.cat([s, m.unsqueeze(1)], dim=1), target) for s, m in scored) / len(scored)
-    loss.backward()
-    grads = [p.grad.detach().numpy().copy() for p in reference.modules.parameters()]
-    reference.optimizer.step()
-    return loss.item(), grads
 
 
 def norm(x):
@@ -159,7 +146,7 @@ class Pair:
             self.model, self.optimizer, batch, self.settings, global_batch_size=self.cfg.batch_size
         )
         self.optimizer.apply(tf_grads, self.model.trainable_variables)
-        torch_loss, grads = torch_step(self.torch, self.reference, batch)
+        torch_loss, grads = self.reference.train_step(batch, return_gradients=True)
         tf_loss = float(self.tf.reduce_mean(losses["loss"]))
         print(f"step {step}: training loss dspn_tf {tf_loss:.7f}, PyTorch {torch_loss:.7f}")
         print(
@@ -202,9 +189,7 @@ class Pair:
 
 def main(argv=None):
     args = parse_args(argv)
-    torch = import_torch()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch = import_torch(args.threads)
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")

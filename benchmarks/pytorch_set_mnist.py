@@ -87,7 +87,8 @@ class Reference:
         target = torch.cat([target_set, target_mask.unsqueeze(1)], dim=1)
         return sets, masks, target
 
-    def train_step(self, batch):
+    def train_step(self, batch, return_gradients=False):
+        """One Adam step on `batch`; returns the loss (and the gradients applied, NumPy, if asked)."""
         torch = self.torch
         self.modules.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -95,8 +96,9 @@ class Reference:
         scored = list(zip(sets, masks)) if self.all_steps else [(sets[-1], masks[-1])]
         loss = sum(chamfer(torch.cat([s, m.unsqueeze(1)], dim=1), target) for s, m in scored) / len(scored)
         loss.backward()
+        grads = [p.grad.detach().numpy().copy() for p in self.modules.parameters()] if return_gradients else None
         self.optimizer.step()
-        return loss.item()
+        return (loss.item(), grads) if return_gradients else loss.item()
 
     def test_chamfer(self, batches, iters):
         """Mean over sets of the final step's Chamfer loss."""
@@ -114,9 +116,7 @@ class Reference:
 
 def main(argv=None):
     args = parse_args(argv)
-    torch = import_torch()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch = import_torch(args.threads)
     import tensorflow as tf
 
     from train import config as config_lib
