@@ -20,7 +20,10 @@ every step, so each step compares one update from identical weights;
 starts both from a trained dspn_tf model instead (fresh Adam states), and
 `--eval_examples` scores both at the end on the first test sets, dspn_tf
 through `dspn_tf.evaluation` (what `train.evaluate` reports) and PyTorch
-through the reference's own inner loop.
+through the reference's own inner loop. `--float64` also runs the reference
+in float64 and prints how far each framework's float32 gradient is from it:
+at trained weights the second-order inner loop amplifies rounding, and both
+frameworks' float32 gradients are percents away from the float64 ones.
 
 This is the check that found Keras' epsilon placement: with
 `keras.optimizers.Adam` the gradients agreed to 1e-5 but the first updates
@@ -106,6 +109,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--eval_examples", type=int, default=0, help="At the end, score both on the first this many test sets."
     )
+    parser.add_argument(
+        "--float64",
+        action="store_true",
+        help="Also compute the reference's gradients in float64 and print how far each float32 gradient is from them.",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own).")
     return parser.parse_args(argv)
 
@@ -135,6 +143,10 @@ class Pair:
         self.pairs = pair_parameters(self.model, self.reference)
         self.order = {id(p): i for i, p in enumerate(self.reference.modules.parameters())}
         self.eval_iters = int(config_lib.eval_iters(cfg)[0])
+        self.exact = None  # A float64 copy of the reference, for --float64.
+        if args.float64:
+            self.exact = Reference(torch, cfg, config_lib.task(cfg).set_size)
+            self.exact.modules.double()
         copy_weights(torch, self.pairs)
 
     def compared_step(self, step, batch):
@@ -146,6 +158,7 @@ class Pair:
             self.model, self.optimizer, batch, self.settings, global_batch_size=self.cfg.batch_size
         )
         self.optimizer.apply(tf_grads, self.model.trainable_variables)
+        exact = self.exact_gradients(batch) if self.exact is not None else None
         torch_loss, grads = self.reference.train_step(batch, return_gradients=True)
         tf_loss = float(self.tf.reduce_mean(losses["loss"]))
         print(f"step {step}: training loss dspn_tf {tf_loss:.7f}, PyTorch {torch_loss:.7f}")
@@ -154,13 +167,28 @@ class Pair:
             f"{'|update| tf':>12s} {'torch':>10s} {'|diff|':>9s}"
         )
         for (name, variable, parameter, layout), tf_grad, w0 in zip(self.pairs, tf_grads, before):
-            g = to_tf_layout(grads[self.order[id(parameter)]], layout)
+            index = self.order[id(parameter)]
+            g = to_tf_layout(grads[index], layout)
             a = variable.numpy() - w0
             b = to_tf_layout(parameter.detach().numpy(), layout) - w0
-            print(
+            line = (
                 f"  {name:20s} {norm(tf_grad):10.3e} {norm(g):10.3e} {norm(tf_grad.numpy() - g):9.2e} "
                 f"{norm(a):12.4e} {norm(b):10.4e} {norm(a - b):9.2e}"
             )
+            if exact is not None:  # Relative distance of each float32 gradient from the float64 one.
+                e = to_tf_layout(exact[index], layout)
+                scale = max(norm(e), 1e-30)
+                line += f"  vs float64: tf {norm(tf_grad.numpy() - e) / scale:.1e}, torch {norm(g - e) / scale:.1e}"
+            print(line)
+
+    def exact_gradients(self, batch):
+        """The float64 reference's gradients at the float32 reference's current weights."""
+        torch = self.torch
+        with torch.no_grad():
+            for target, source in zip(self.exact.modules.parameters(), self.reference.modules.parameters()):
+                target.copy_(source.double())
+        wide = {key: self.tf.cast(value, self.tf.float64) for key, value in batch.items()}
+        return self.exact.train_step(wide, return_gradients=True)[1]
 
     def free_step(self, step, batch):
         """One step of each on its own weights; prints both losses and how far apart the weights are."""
