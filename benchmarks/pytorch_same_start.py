@@ -20,10 +20,12 @@ every step, so each step compares one update from identical weights;
 starts both from a trained dspn_tf model instead (fresh Adam states), and
 `--eval_examples` scores both at the end on the first test sets, dspn_tf
 through `dspn_tf.evaluation` (what `train.evaluate` reports) and PyTorch
-through the reference's own inner loop. `--float64` also runs the reference
-in float64 and prints how far each framework's float32 gradient is from it:
-at trained weights the second-order inner loop amplifies rounding, and both
-frameworks' float32 gradients are percents away from the float64 ones.
+through the reference's own inner loop. `--float64` also runs both models
+in float64 and prints how far each framework's float32 gradient and dspn_tf's
+float64 one are from the reference's float64 gradient: the two float64
+gradients agree to rounding (1e-14) also at trained weights, where the
+second-order inner loop amplifies float32 rounding and both frameworks'
+float32 gradients are percents away from them.
 
 This is the check that found Keras' epsilon placement: with
 `keras.optimizers.Adam` the gradients agreed to 1e-5 but the first updates
@@ -112,7 +114,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--float64",
         action="store_true",
-        help="Also compute the reference's gradients in float64 and print how far each float32 gradient is from them.",
+        help="Also compute both models' gradients in float64; print how far each is from the reference's float64 ones.",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own).")
     return parser.parse_args(argv)
@@ -122,6 +124,7 @@ class Pair:
     """dspn_tf's model, optimizer and trainer as `train.train` builds them, and the PyTorch reference."""
 
     def __init__(self, torch, args):
+        import keras
         import tensorflow as tf
 
         from dspn_tf import training
@@ -143,10 +146,15 @@ class Pair:
         self.pairs = pair_parameters(self.model, self.reference)
         self.order = {id(p): i for i, p in enumerate(self.reference.modules.parameters())}
         self.eval_iters = int(config_lib.eval_iters(cfg)[0])
-        self.exact = None  # A float64 copy of the reference, for --float64.
+        self.exact = self.exact_model = None  # float64 copies of both models, for --float64.
         if args.float64:
             self.exact = Reference(torch, cfg, config_lib.task(cfg).set_size)
             self.exact.modules.double()
+            keras.mixed_precision.set_global_policy("float64")
+            try:
+                self.exact_model = config_lib.build_model(cfg)
+            finally:
+                keras.mixed_precision.set_global_policy(cfg.mixed_precision)
         copy_weights(torch, self.pairs)
 
     def compared_step(self, step, batch):
@@ -154,11 +162,11 @@ class Pair:
         from dspn_tf import training
 
         before = [v.numpy().copy() for _, v, _, _ in self.pairs]
+        exact, exact_tf = self.exact_gradients(batch) if self.exact is not None else (None, None)
         _, losses, tf_grads = training.loss_and_gradients(
             self.model, self.optimizer, batch, self.settings, global_batch_size=self.cfg.batch_size
         )
         self.optimizer.apply(tf_grads, self.model.trainable_variables)
-        exact = self.exact_gradients(batch) if self.exact is not None else None
         torch_loss, grads = self.reference.train_step(batch, return_gradients=True)
         tf_loss = float(self.tf.reduce_mean(losses["loss"]))
         print(f"step {step}: training loss dspn_tf {tf_loss:.7f}, PyTorch {torch_loss:.7f}")
@@ -166,7 +174,7 @@ class Pair:
             f"  {'variable':20s} {'|grad| tf':>10s} {'torch':>10s} {'|diff|':>9s} "
             f"{'|update| tf':>12s} {'torch':>10s} {'|diff|':>9s}"
         )
-        for (name, variable, parameter, layout), tf_grad, w0 in zip(self.pairs, tf_grads, before):
+        for i, ((name, variable, parameter, layout), tf_grad, w0) in enumerate(zip(self.pairs, tf_grads, before)):
             index = self.order[id(parameter)]
             g = to_tf_layout(grads[index], layout)
             a = variable.numpy() - w0
@@ -175,20 +183,34 @@ class Pair:
                 f"  {name:20s} {norm(tf_grad):10.3e} {norm(g):10.3e} {norm(tf_grad.numpy() - g):9.2e} "
                 f"{norm(a):12.4e} {norm(b):10.4e} {norm(a - b):9.2e}"
             )
-            if exact is not None:  # Relative distance of each float32 gradient from the float64 one.
+            if exact is not None:  # Relative distances from the reference's float64 gradient.
                 e = to_tf_layout(exact[index], layout)
                 scale = max(norm(e), 1e-30)
-                line += f"  vs float64: tf {norm(tf_grad.numpy() - e) / scale:.1e}, torch {norm(g - e) / scale:.1e}"
+                line += (
+                    f"  vs float64 torch: tf {norm(tf_grad.numpy() - e) / scale:.1e}, torch {norm(g - e) / scale:.1e},"
+                    f" float64 tf {norm(exact_tf[i].numpy() - e) / scale:.1e}"
+                )
             print(line)
 
     def exact_gradients(self, batch):
-        """The float64 reference's gradients at the float32 reference's current weights."""
-        torch = self.torch
+        """float64 gradients at the current weights: the reference's (list in its parameter order) and dspn_tf's.
+
+        Both float64 copies take the float32 models' current weights; dspn_tf's
+        gradients come in `trainable_variables` order, which is `self.pairs`'.
+        """
+        from dspn_tf import training
+
+        torch, tf = self.torch, self.tf
         with torch.no_grad():
             for target, source in zip(self.exact.modules.parameters(), self.reference.modules.parameters()):
                 target.copy_(source.double())
-        wide = {key: self.tf.cast(value, self.tf.float64) for key, value in batch.items()}
-        return self.exact.train_step(wide, return_gradients=True)[1]
+        for target, source in zip(self.exact_model.variables, self.model.variables):
+            target.assign(tf.cast(source, target.dtype))
+        wide = {key: tf.cast(value, tf.float64) if value.dtype.is_floating else value for key, value in batch.items()}
+        _, _, tf_grads = training.loss_and_gradients(
+            self.exact_model, self.optimizer, wide, self.settings, global_batch_size=self.cfg.batch_size
+        )
+        return self.exact.train_step(wide, return_gradients=True)[1], tf_grads
 
     def free_step(self, step, batch):
         """One step of each on its own weights; prints both losses and how far apart the weights are."""

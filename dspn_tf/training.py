@@ -103,18 +103,20 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
         )
     iters = settings.iters if iters is None else iters
     outputs = model(model.inputs_of(batch, settings.set_key), iters=iters, training=training)
-    target_set, target_mask = batch[settings.set_key], batch["mask"]
     loss_fn = losses_lib.chamfer_loss if settings.loss == "chamfer" else losses_lib.hungarian_loss
-    # Losses in float32 also when a mixed-precision decoder outputs float16/bfloat16.
-    sets, masks = tf.cast(outputs["sets"], tf.float32), tf.cast(outputs["masks"], tf.float32)
+    # Losses in float32 also when a mixed-precision decoder outputs float16/bfloat16,
+    # and in float64 for a float64 model (whose gradients a float32 loss would round).
+    dtype = tf.float64 if outputs["sets"].dtype == tf.float64 else tf.float32
+    sets, masks = tf.cast(outputs["sets"], dtype), tf.cast(outputs["masks"], dtype)
+    target_set, target_mask = tf.cast(batch[settings.set_key], dtype), tf.cast(batch["mask"], dtype)
     set_loss = loss_fn(sets, masks, target_set, target_mask, all_steps=settings.all_steps, reduction="none")
     repr_loss = tf.zeros_like(set_loss)
     encoder = model.repr_encoder
     if settings.repr_lambda > 0 and encoder is not None:
         # Neither side is stop-gradiented: this trains the image encoder
         # towards g(target) and g towards the image embedding (docs/algorithm.md §7).
-        target_z = tf.cast(encoder(target_set, target_mask, training=training), tf.float32)
-        repr_loss = losses_lib.repr_loss(target_z, tf.cast(outputs["z"], tf.float32), reduction="none")
+        target_z = tf.cast(encoder(target_set, target_mask, training=training), dtype)
+        repr_loss = losses_lib.repr_loss(target_z, tf.cast(outputs["z"], dtype), reduction="none")
     return outputs, {"loss": set_loss + settings.repr_lambda * repr_loss, "set_loss": set_loss, "repr_loss": repr_loss}
 
 
@@ -138,7 +140,8 @@ def loss_and_gradients(model, optimizer, batch, settings, *, global_batch_size, 
     """
     with tf.GradientTape() as tape:
         outputs, losses = per_sample_losses(model, batch, settings, training=True, iters=iters)
-        scaled = tf.reduce_sum(losses["loss"]) / global_batch_size
+        total = tf.reduce_sum(losses["loss"])
+        scaled = total / tf.cast(global_batch_size, total.dtype)
         # A keras.optimizers.LossScaleOptimizer (mixed_float16) scales the loss
         # here and unscales the gradients in `apply`; other optimizers return it unchanged.
         scaled = optimizer.scale_loss(scaled)
