@@ -557,3 +557,13 @@ def test_metrics_module_does_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_format_table_shows_chamfer_to_four_decimals():
+    """set-MNIST Chamfer x 1e3 is ~0.1: two decimals would print 0.151 and 0.142 alike as 0.15 / 0.14."""
+    from dspn_tf.evaluation import format_table
+
+    text = format_table({"10": {"chamfer": 0.000151234, "num_examples": 5}})
+    assert "0.1512" in text
+    ap = format_table({"10": {"ap_inf": 0.72771, "num_examples": 5}})
+    assert "72.77" in ap and "(AP in %)" in ap
