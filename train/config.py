@@ -297,12 +297,26 @@ def dspn_options(config):
 
 
 def build_model(config):
-    """The model of the run, built (variables exist) and ready to restore."""
+    """The model of the run, built (variables exist) and ready to restore.
+
+    Built under the run's --mixed_precision dtype policy whatever the global
+    one is, so that train.evaluate / export / pictures restore a float64
+    run's checkpoint into float64 variables.
+    """
     run_task = task(config)
     if run_task.kind == "autoencoder":
         input_shape = (run_task.set_size, run_task.set_channels)
     else:
         input_shape = (config.image_size, config.image_size, 3)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.mixed_precision)
+    try:
+        return _build(config, run_task, input_shape)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build(config, run_task, input_shape):
     return build_model_from_args(
         run_task.kind,
         decoder=config.decoder,

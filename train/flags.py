@@ -134,9 +134,10 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (Chamfer run
 flags.DEFINE_enum(
     "mixed_precision",
     "float32",
-    ["float32", "mixed_float16", "mixed_bfloat16"],
-    "Keras dtype policy of the training step (the DSPN inner loop stays float32; slower on CPUs "
-    "without native bfloat16/float16 math).",
+    ["float32", "mixed_float16", "mixed_bfloat16", "float64"],
+    "Keras dtype policy of the model (the DSPN inner loop stays float32 under the mixed ones, which are "
+    "slower on CPUs without native bfloat16/float16 math; float64 runs everything, losses included, in "
+    "float64, for checking float32 rounding).",
 )
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy.")
 # Loop cadence (train.train).
