@@ -363,3 +363,31 @@ def test_commands_printed_at_the_end_repeat_the_users_flags():
     # Without overrides the commands are the flagfile's own.
     config = config_lib.load(flagfile)
     assert config.overrides == () and train_main.next_steps(config).split("\n")[0].endswith(f"--flagfile={mlp}")
+
+
+def test_float64_run_trains_checkpoints_and_evaluates_in_float64(tmp_path, capsys):
+    """--mixed_precision=float64: float64 variables in the checkpoint, and train.evaluate restores them (same score)."""
+    import keras
+
+    data = write_idx_mnist(str(tmp_path / "mnist"), 16)
+    model_dir = str(tmp_path / "run")
+    common = [
+        "--flagfile=" + os.path.join(ROOT, "configs/set_mnist_dspn.cfg"),
+        *TINY,
+        f"--data_source={data}",
+        f"--model_dir={model_dir}",
+        "--mixed_precision=float64",
+    ]
+    try:
+        run([*common, "--train_steps=2", "--epochs=0"])
+        keras.mixed_precision.set_global_policy("float32")  # train.train leaves the run's policy set.
+        reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+        dtypes = {name: dtype for name, dtype in reader.get_variable_to_dtype_map().items() if "model" in name}
+        assert dtypes and set(dtypes.values()) == {tf.float64}, dtypes
+        trained = json.load(open(os.path.join(model_dir, "eval_results.json")))["results"]
+        run(common, entry=evaluate_main)  # Under the float32 global policy.
+        evaluated = json.load(open(sorted(glob.glob(os.path.join(model_dir, "eval_results_*.json")))[-1]))["results"]
+        for iters, row in trained.items():
+            np.testing.assert_allclose(evaluated[iters]["chamfer"], row["chamfer"], rtol=1e-12)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

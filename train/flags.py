@@ -137,7 +137,7 @@ flags.DEFINE_enum(
     ["float32", "mixed_float16", "mixed_bfloat16", "float64"],
     "Keras dtype policy of the model (the DSPN inner loop stays float32 under the mixed ones, which are "
     "slower on CPUs without native bfloat16/float16 math; float64 runs everything, losses included, in "
-    "float64, for checking float32 rounding).",
+    "float64, for checking float32 rounding; an export of it outputs float64).",
 )
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy.")
 # Loop cadence (train.train).
