@@ -34,6 +34,7 @@ of the encoder were up to 3.6x smaller than PyTorch's (benchmarks/README.md,
 """
 
 import argparse
+import dataclasses
 import sys
 
 import numpy as np
@@ -124,7 +125,6 @@ class Pair:
     """dspn_tf's model, optimizer and trainer as `train.train` builds them, and the PyTorch reference."""
 
     def __init__(self, torch, args):
-        import keras
         import tensorflow as tf
 
         from dspn_tf import training
@@ -150,11 +150,8 @@ class Pair:
         if args.float64:
             self.exact = Reference(torch, cfg, config_lib.task(cfg).set_size)
             self.exact.modules.double()
-            keras.mixed_precision.set_global_policy("float64")
-            try:
-                self.exact_model = config_lib.build_model(cfg)
-            finally:
-                keras.mixed_precision.set_global_policy(cfg.mixed_precision)
+            # build_model applies the run's dtype policy: a float64 copy of the config gives float64 variables.
+            self.exact_model = config_lib.build_model(dataclasses.replace(cfg, mixed_precision="float64"))
         copy_weights(torch, self.pairs)
 
     def compared_step(self, step, batch):

@@ -311,29 +311,25 @@ def build_model(config):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.mixed_precision)
     try:
-        return _build(config, run_task, input_shape)
+        return build_model_from_args(
+            run_task.kind,
+            decoder=config.decoder,
+            set_size=run_task.set_size,
+            set_channels=run_task.set_channels,
+            dim=config.dim,
+            latent=config.latent,
+            decoder_dim=config.decoder_dim,
+            set_encoder=config.set_encoder,
+            image_encoder=config.image_encoder,
+            iters=config.iters,
+            inner_lr=config.inner_lr,
+            n_pieces=config.n_pieces,
+            dspn_options=dspn_options(config),
+            mask_offset=config.baseline_mask_offset,
+            input_shape=input_shape,
+        )
     finally:
         keras.config.set_dtype_policy(previous)
-
-
-def _build(config, run_task, input_shape):
-    return build_model_from_args(
-        run_task.kind,
-        decoder=config.decoder,
-        set_size=run_task.set_size,
-        set_channels=run_task.set_channels,
-        dim=config.dim,
-        latent=config.latent,
-        decoder_dim=config.decoder_dim,
-        set_encoder=config.set_encoder,
-        image_encoder=config.image_encoder,
-        iters=config.iters,
-        inner_lr=config.inner_lr,
-        n_pieces=config.n_pieces,
-        dspn_options=dspn_options(config),
-        mask_offset=config.baseline_mask_offset,
-        input_shape=input_shape,
-    )
 
 
 def build_optimizer(config, model, total):
