@@ -5,6 +5,7 @@ r"""dspn_tf and the PyTorch reference from the same weights, on the same set-MNI
         --override=--data_source=/path/to/mnist --steps=3
     python -m benchmarks.pytorch_same_start ... --override=--optimizer=keras_adam   # Keras' Adam instead
     python -m benchmarks.pytorch_same_start ... --free --steps=50                    # let them drift apart
+    python -m benchmarks.pytorch_same_start ... --free --steps=750 --eval_examples=1000 --eval_every=375
     python -m benchmarks.pytorch_same_start ... --checkpoint=RUN/checkpoints/ckpt-375 --steps=0 \
         --eval_examples=1000                    # score one trained model in both frameworks
 
@@ -111,6 +112,12 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--eval_examples", type=int, default=0, help="At the end, score both on the first this many test sets."
+    )
+    parser.add_argument(
+        "--eval_every",
+        type=int,
+        default=0,
+        help="With --eval_examples, also score both every this many training steps (0: only at the end).",
     )
     parser.add_argument(
         "--float64",
@@ -251,10 +258,13 @@ def main(argv=None):
         batch = next(batches)
         if args.free and step > 1:
             pair.free_step(step, batch)
-            continue
-        pair.compared_step(step, batch)
-        if not args.free:
-            copy_weights(torch, pair.pairs)
+        else:
+            pair.compared_step(step, batch)
+            if not args.free:
+                copy_weights(torch, pair.pairs)
+        if args.eval_examples and args.eval_every and step % args.eval_every == 0 and step < args.steps:
+            print(f"after step {step}:")
+            pair.score(args.eval_examples)
     if args.eval_examples:
         pair.score(args.eval_examples)
 
