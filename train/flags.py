@@ -1,13 +1,18 @@
-"""Every flag of the entry points (train.train, train.evaluate, train.export).
+"""Every flag of the entry points (train.train, train.evaluate, train.export, train.pictures).
 
 One module defines them all, so one flagfile serves every entry point. Only
-`train/config.py` reads them, once, into a `RunConfig`.
+`train/config.py` reads them, once, into a `RunConfig`. The inner-loop flags
+are checked by `dspn_tf.inner.InnerLoopConfig.check`, the rule `DSPN` itself
+applies, when the flags are parsed: a value the model would refuse is refused
+with the flag's name before any data is built.
 """
 
 import math
 import re
 
 from absl import flags
+
+from dspn_tf.inner.config import InnerLoopConfig
 
 # Data.
 flags.DEFINE_enum(
@@ -76,8 +81,9 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
     "starting_set",
     "learned",
-    ["learned", "random"],
-    "Starting set: learned and shared (the paper) or per-sample N(0, 0.1^2) noise seeded by --seed (iDSPN).",
+    ["learned", "random", "mlp"],
+    "Starting set: learned and shared (the paper), per-sample N(0, 0.1^2) noise seeded by --seed (iDSPN), or mlp: "
+    "an MLP head on z predicts each sample's starting set and mask, which the inner steps refine.",
 )
 flags.DEFINE_float(
     "start_regularizer", 0.0, "Weight of 0.5 * ||[set, mask] - start||^2 in the inner objective (0: off)."
@@ -110,8 +116,7 @@ flags.DEFINE_enum(
     ["adam", "keras_adam"],
     "adam: Adam with epsilon 1e-8 added to sqrt(v_hat), as PyTorch and the paper's code "
     "(dspn_tf.optimizers.Adam); keras_adam: keras.optimizers.Adam, whose epsilon (also 1e-8) is added to "
-    "sqrt(v) before bias correction and so damps the first updates of small gradients (the default "
-    "before 2026-12-01).",
+    "sqrt(v) before bias correction and so damps the first updates of small gradients.",
 )
 flags.DEFINE_list(
     "learning_rate_drops",
@@ -221,15 +226,44 @@ for _name, _low in _AT_LEAST.items():
     flags.register_validator(_name, _integer_at_least(_low), message=f"must be an integer >= {_low}")
 for _name, _check, _text in (
     ("learning_rate", _finite(0.0, low_open=True), "a finite number > 0"),
-    ("inner_lr", _finite(0.0), "a finite number >= 0"),
-    ("inner_momentum", _finite(0.0, 1.0), "in [0, 1)"),
-    ("inner_clip", _finite(0.0, low_open=True, optional=True), "a finite number > 0 (or unset)"),
     ("repr_lambda", _finite(0.0, optional=True), "a finite number >= 0 (or unset)"),
-    ("start_regularizer", _finite(0.0), "a finite number >= 0"),
-    ("inner_tolerance", _finite(0.0, optional=True), "a finite number >= 0 (or unset)"),
     ("baseline_mask_offset", _finite(), "a finite number"),
 ):
     flags.register_validator(_name, _check, message=f"must be {_text}")
+
+# The inner-loop flags and the `InnerLoopConfig` field each sets. Their bounds are
+# InnerLoopConfig's own (what DSPN refuses, the flags refuse); `_AT_LEAST` adds only
+# that training takes at least one inner step (--iters) and that --seed is not negative.
+INNER_LOOP_FLAGS = {
+    "iters": "iters",
+    "inner_lr": "lr",
+    "inner_gradient": "gradient",
+    "inner_momentum": "momentum",
+    "inner_nesterov": "nesterov",
+    "inner_clip": "clip",
+    "inner_loss": "inner_loss",
+    "starting_set": "starting_set",
+    "start_regularizer": "start_regularizer",
+    "inner_tolerance": "tolerance",
+    "seed": "seed",
+}
+
+
+def _inner_loop_check(field):
+    """An absl validator of one `InnerLoopConfig` field (its ValueError becomes absl's ValidationError)."""
+
+    def check(value):
+        try:
+            InnerLoopConfig.check(field, value, owner="DSPN")
+        except ValueError as e:
+            raise flags.ValidationError(str(e)) from None
+        return True
+
+    return check
+
+
+for _name, _field in INNER_LOOP_FLAGS.items():
+    flags.register_validator(_name, _inner_loop_check(_field))
 flags.register_validator(
     "eval_iters",
     lambda values: bool(values) and all(re.fullmatch(r"[0-9]+", v.strip()) and int(v) >= 1 for v in values),
