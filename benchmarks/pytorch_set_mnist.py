@@ -49,11 +49,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+# The run the PyTorch reference implements: flag -> the values it supports.
+REFERENCE_RUN = {"dataset": ("set_mnist",), "decoder": ("dspn",), "set_encoder": (None, "fs")}
+
+
 def run_config(flagfile, overrides):
     from train import config as config_lib
 
     cfg = config_lib.load(flagfile, *overrides)
-    if cfg.dataset != "set_mnist" or cfg.decoder != "dspn" or cfg.set_encoder not in (None, "fs"):
+    if any(getattr(cfg, flag) not in values for flag, values in REFERENCE_RUN.items()):
         sys.exit(f"error: {flagfile} is not a set-MNIST DSPN run with the FSEncoder; only that is supported.")
     if cfg.inner_gradient != "unrolled" or cfg.inner_momentum or cfg.inner_clip or cfg.repr_lambda:
         sys.exit(f"error: {flagfile} uses inner-loop options the PyTorch reference does not have.")

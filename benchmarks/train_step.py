@@ -27,6 +27,7 @@ import json
 import os
 
 from benchmarks import harness
+from train.decoders import has_inner_loop
 
 CONFIGS = ("set_mnist", "clevr_decoder", "clevr_resnet")
 DECODERS = ("dspn", "mlp")
@@ -93,7 +94,7 @@ def build(config, decoder, iters=10, inner_gradient="unrolled"):
 
     run = run_config(config, decoder, iters, inner_gradient)
     if config == "clevr_decoder":
-        if decoder == "dspn":
+        if has_inner_loop(decoder):
             dec = DSPN(
                 RNFSEncoder(run.dim, run.latent, n_pieces=run.n_pieces),
                 config_lib.task(run).set_size,
@@ -193,14 +194,14 @@ def main():
         print(json.dumps(measure(args)))
         return
     configs = CONFIGS if args.config == "all" else (args.config,)
-    decoders = DECODERS if args.decoder == "all" else (args.decoder,)
+    decoders = {"all": DECODERS}.get(args.decoder, (args.decoder,))
     gradients = ("unrolled", "implicit") if args.inner_gradient == "both" else (args.inner_gradient,)
     runs = [
         (config, decoder, iters, gradient)
         for config in configs
         for decoder in decoders
-        for iters in (args.iters if decoder == "dspn" else args.iters[:1])
-        for gradient in (gradients if decoder == "dspn" else gradients[:1])
+        for iters in (args.iters if has_inner_loop(decoder) else args.iters[:1])
+        for gradient in (gradients if has_inner_loop(decoder) else gradients[:1])
     ]
     rows = []
     for config, decoder, iters, gradient in runs:

@@ -73,7 +73,7 @@ def test_progression_rows_draw_the_baseline_panel_for_every_task():
     """TensorBoard and train.pictures (train/loop.py) pass a baseline to each task's drawing, boxes included."""
     import tensorflow as tf
 
-    from train import loop
+    from train import loop, tasks
 
     steps, n = 2, 3
     boxes = np.tile(np.array([0.2, 0.2, 0.6, 0.6], np.float32), (steps, 1, n, 1))
@@ -83,6 +83,7 @@ def test_progression_rows_draw_the_baseline_panel_for_every_task():
         "boxes": tf.constant(boxes[0]),
         "mask": tf.ones([1, n]),
     }
-    plain = loop.progression_rows(boxes, masks, batch, "boxes", 1)[0]
-    with_baseline = loop.progression_rows(boxes, masks, batch, "boxes", 1, baseline=(boxes[-1], masks[-1]))[0]
+    boxes_task = tasks.get("clevr_boxes")
+    plain = loop.progression_rows(boxes, masks, batch, boxes_task, 1)[0]
+    with_baseline = loop.progression_rows(boxes, masks, batch, boxes_task, 1, baseline=(boxes[-1], masks[-1]))[0]
     assert with_baseline.shape[1] == plain.shape[1] + plain.shape[0] + 2  # One more panel (and its gap).

@@ -17,9 +17,10 @@ import tensorflow as tf
 from absl import flags
 
 from dspn_tf import optimizers
-from dspn_tf.data import batches, clevr, clevr_states, image_cache, render, set_mnist
+from dspn_tf.data import batches
 from dspn_tf.models import build_model as build_model_from_args
 from dspn_tf.training import LossSettings
+from train import decoders, tasks
 from train import flags as _flags  # noqa: F401  (defines every flag)
 
 FLAGS = flags.FLAGS
@@ -106,16 +107,6 @@ class RunConfig:
     flags_text: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """What `--dataset` asks for: the model kind and the shape of its target set."""
-
-    kind: str  # "autoencoder" (set -> set) or "image" (image -> set).
-    set_key: str  # Key of the target set in a batch: "set", "state" or "boxes".
-    set_size: int
-    set_channels: int
-
-
 def from_flags(flag_values=None, argv=None):
     """The `RunConfig` of parsed flags (default: absl's `FLAGS` and `sys.argv`)."""
     flag_values = flag_values or FLAGS
@@ -151,64 +142,22 @@ def load(flagfile, *overrides):
 
 
 def task(config):
-    """The `Task` of `config.dataset`."""
-    if config.dataset == "set_mnist":
-        return Task("autoencoder", "set", set_mnist.MAX_SET_SIZE, 2)
-    if config.dataset == "clevr_state_autoencoder":
-        return Task("autoencoder", "state", clevr.MAX_OBJECTS, clevr.STATE_DIM)
-    if config.dataset == "clevr_state":
-        return Task("image", "state", clevr.MAX_OBJECTS, clevr.STATE_DIM)
-    return Task("image", "boxes", clevr.MAX_OBJECTS, clevr.BOX_DIM)
+    """The `train.tasks.Task` of `config.dataset`."""
+    return tasks.get(config.dataset)
 
 
 def cache_dir(config):
     """--cache_dir, else $DSPN_TF_CACHE, else ~/.cache/dspn_tf (the data builders' root too)."""
-    return config.cache_dir or image_cache.default_root()
+    return tasks.cache_root(config)
 
 
 def build_split(config, split):
-    """Unbatched dataset of the split ("train" or "eval").
+    """Unbatched dataset of the split ("train" or "eval"), built by the run's task.
 
     Raises:
         ValueError: naming --data_source if the dataset cannot come from it.
     """
-    if config.dataset == "set_mnist":
-        if config.data_source == "generated":
-            raise ValueError("--data_source=generated is for CLEVR tasks; set-MNIST needs an IDX folder or 'tfds'.")
-        return set_mnist.build_dataset(
-            config.data_source,
-            "train" if split == "train" else "test",
-            shuffle_elements=True,
-            seed=config.seed,
-            data_dir=config.tfds_data_dir,
-        )
-    if config.dataset == "clevr_state_autoencoder":
-        if config.data_source == "tfds":
-            raise ValueError(
-                "--dataset=clevr_state_autoencoder reads 'generated' scenes or a CLEVR_v1.0 folder, not 'tfds'."
-            )
-        generated = config.data_source == "generated"
-        count = config.generated_train if split == "train" else config.generated_val
-        return clevr_states.build_dataset(
-            config.data_source,
-            "train" if split == "train" else "val",
-            num_scenes=count if generated else None,
-            seed=config.seed,
-            cache_dir=os.path.join(cache_dir(config), "clevr_states"),
-        )
-    source = config.data_source
-    if source == "generated":
-        source = render.ensure_generated(
-            cache_dir(config), seed=config.seed, num_train=config.generated_train, num_val=config.generated_val
-        )
-    return clevr.build_dataset(
-        source,
-        "train" if split == "train" else "val",
-        image_size=config.image_size,
-        cache_dir=os.path.join(cache_dir(config), "clevr"),
-        with_boxes=config.dataset == "clevr_boxes",
-        data_dir=config.tfds_data_dir,
-    )
+    return task(config).build_split(config, split, config.seed)
 
 
 def set_seeds(config):
@@ -269,15 +218,16 @@ def total_steps(config, train_size):
 def loss_settings(config):
     """The `LossSettings` of the run; the defaults follow the reference code."""
     run_task = task(config)
-    loss = config.loss or ("chamfer" if config.dataset == "set_mnist" else "hungarian")
+    iterative = decoders.has_inner_loop(config.decoder)
+    loss = config.loss or run_task.default_loss
     # Implicit gradients train the final step only, so by default they score only it.
-    default_all_steps = loss == "chamfer" and not (config.decoder == "dspn" and config.inner_gradient == "implicit")
+    default_all_steps = loss == "chamfer" and not (iterative and config.inner_gradient == "implicit")
     all_steps = config.loss_all_steps if config.loss_all_steps is not None else default_all_steps
     repr_lambda = config.repr_lambda
     if repr_lambda is None:
         # The paper's representation loss pulls an image embedding towards g(target); an auto-encoder's
         # embedding is g(target) already.
-        repr_lambda = 0.1 if (config.decoder == "dspn" and run_task.kind == "image") else 0.0
+        repr_lambda = 0.1 if (iterative and run_task.kind == "image") else 0.0
     return LossSettings(set_key=run_task.set_key, loss=loss, all_steps=all_steps, repr_lambda=repr_lambda)
 
 
@@ -304,10 +254,6 @@ def build_model(config):
     run's checkpoint into float64 variables.
     """
     run_task = task(config)
-    if run_task.kind == "autoencoder":
-        input_shape = (run_task.set_size, run_task.set_channels)
-    else:
-        input_shape = (config.image_size, config.image_size, 3)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.mixed_precision)
     try:
@@ -326,7 +272,7 @@ def build_model(config):
             n_pieces=config.n_pieces,
             dspn_options=dspn_options(config),
             mask_offset=config.baseline_mask_offset,
-            input_shape=input_shape,
+            input_shape=run_task.input_shape(config.image_size),
         )
     finally:
         keras.config.set_dtype_policy(previous)
@@ -373,7 +319,7 @@ def parse_iters_schedule(entries, total, default_iters):
 def iters_schedule(config, total):
     """The run's `parse_iters_schedule` schedule, or None for a one-shot decoder (no inner steps)."""
     schedule = parse_iters_schedule(config.iters_schedule, total, config.iters)
-    return schedule if config.decoder == "dspn" else None
+    return schedule if decoders.has_inner_loop(config.decoder) else None
 
 
 def iters_at(schedule, step):
@@ -420,9 +366,15 @@ def make_strategy(config):
     return tf.distribute.get_strategy()
 
 
-def eval_iters(config):
-    """The sorted inner step counts to evaluate at (one for a one-shot decoder)."""
+def eval_iters(config, iterative=None):
+    """The sorted inner step counts to evaluate at (the first only for a model without an inner loop).
+
+    Args:
+        config: The run's `RunConfig`.
+        iterative: Whether the model runs an inner loop (a built model's
+            `iterative`); default: whether --decoder's does.
+    """
     values = sorted({int(v) for v in config.eval_iters})
-    if config.decoder != "dspn":
-        return values[:1]
-    return values
+    if iterative is None:
+        iterative = decoders.has_inner_loop(config.decoder)
+    return values if iterative else values[:1]

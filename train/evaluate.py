@@ -34,7 +34,7 @@ def main(argv):
         model,
         config_lib.eval_batches(config),
         set_key=config_lib.task(config).set_key,
-        iters_list=config_lib.eval_iters(config),
+        iters_list=config_lib.eval_iters(config, model.iterative),
     )
     output = config.output or os.path.join(config.model_dir, f"eval_results_{step}.json")
     checkpoints.write_results(

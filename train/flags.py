@@ -13,14 +13,16 @@ import re
 from absl import flags
 
 from dspn_tf.inner.config import InnerLoopConfig
+from train import decoders, tasks
 
 # Data.
 flags.DEFINE_enum(
     "dataset",
     "clevr_state",
-    ["set_mnist", "clevr_state", "clevr_boxes", "clevr_state_autoencoder"],
-    "Task and dataset: set-MNIST auto-encoding, CLEVR image -> object states / boxes, or CLEVR object states "
-    "auto-encoded (state set -> z -> state set; no images).",
+    tasks.names(),
+    "Task and dataset (train/tasks.py): "
+    + "; ".join(f"{name}: {tasks.get(name).description}" for name in tasks.names())
+    + ".",
 )
 flags.DEFINE_string(
     "data_source",
@@ -41,7 +43,7 @@ flags.DEFINE_integer("max_eval_examples", None, "Evaluate on at most this many e
 flags.DEFINE_integer("shuffle_buffer", 1024, "Example shuffle buffer (kept in checkpoints).")
 
 # Model.
-flags.DEFINE_enum("decoder", "dspn", ["dspn", "mlp", "lstm"], "Set decoder.")
+flags.DEFINE_enum("decoder", "dspn", decoders.names(), "Set decoder.")
 flags.DEFINE_enum("set_encoder", None, ["fs", "rnfs"], "Set encoder (default: fs for set-MNIST, rnfs for CLEVR).")
 flags.DEFINE_enum(
     "image_encoder",

@@ -16,8 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from dspn_tf import evaluation, visualize
-from dspn_tf.data import clevr
+from dspn_tf import evaluation
 from dspn_tf.training import is_chief
 from train import checkpoints, progress, summaries
 from train import config as config_lib
@@ -83,7 +82,7 @@ class Loop:
         self.total_steps = total_steps
         self.schedule = schedule
         self.settings = trainer.settings
-        self.eval_iters = config_lib.eval_iters(config)
+        self.eval_iters = config_lib.eval_iters(config, trainer.model.iterative)
         # Outside the strategy's scope: a host-side counter, not a mirrored variable.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.chief = is_chief(trainer.strategy)
@@ -278,7 +277,7 @@ class Loop:
                 self._write_scalars(values)
         if (config.image_every and current % config.image_every == 0) or last:
             with self.train_writer.as_default(step=current):
-                write_pictures(self.trainer.model, self.picture_batch, self.settings.set_key, current)
+                write_pictures(self.trainer.model, self.picture_batch, config_lib.task(config), current)
         if current % config.checkpoint_every == 0 or last:
             self._save(current)
         if config.eval_every and current % config.eval_every == 0 and not last:
@@ -315,43 +314,33 @@ def _is_disk_full(error):
     return "No space left on device" in str(error)
 
 
-def progression_rows(sets, masks, batch, set_key, count, baseline=None):
+def progression_rows(sets, masks, batch, task, count, baseline=None):
     """One picture row (uint8 `[H, W, 3]`) for each of the first `count` examples: every step, then the truth.
 
-    `sets` / `masks` are a decoder's `[steps, batch, ...]` outputs on `batch`. set-MNIST
-    sets are points; CLEVR states are drawn from above (the auto-encoder) or on the
-    image (the image task); boxes on the image. `baseline` (`(sets, masks)` of
-    another model's final step, `[batch, ...]`) is drawn before the truth.
+    `sets` / `masks` are a decoder's `[steps, batch, ...]` outputs on `batch`, drawn
+    by the task's picture drawer (`train.tasks.Pictures.row`). `baseline`
+    (`(sets, masks)` of another model's final step, `[batch, ...]`) is drawn before
+    the truth.
     """
-    target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
+    target, target_mask = batch[task.set_key].numpy(), batch["mask"].numpy()
     images = batch["image"].numpy() if "image" in batch else None
     rows = []
     for i in range(min(count, sets.shape[1])):
-        step_args = (sets[:, i], masks[:, i], target[i], target_mask[i])
         extra = {} if baseline is None else {"baseline": (baseline[0][i], baseline[1][i])}
-        if set_key == "set":
-            rows.append(visualize.set_progression(*step_args, **extra))
-        elif set_key == "boxes":
-            rows.append(visualize.boxes_progression(images[i], *step_args, **extra))
-        elif images is not None:  # The image task: the objects drawn on the image at their projected positions.
-            rows.append(visualize.states_on_image(images[i], *step_args, clevr.ATTRIBUTES, **extra))
-        else:  # The state auto-encoder: objects seen from above.
-            rows.append(visualize.state_progression(*step_args, clevr.ATTRIBUTES, **extra))
+        image = None if images is None else images[i]
+        rows.append(task.pictures.row(image, sets[:, i], masks[:, i], target[i], target_mask[i], **extra))
     return rows
 
 
-def write_pictures(model, batch, set_key, step):
+def write_pictures(model, batch, task, step):
     """Progression pictures of the first examples of a fixed batch (inside a summary writer)."""
-    out = model(model.inputs_of(batch, set_key), training=False)
+    out = model(model.inputs_of(batch, task.set_key), training=False)
     sets, masks = out["sets"].numpy(), out["masks"].numpy()
     count = min(4, sets.shape[1])
-    rows = progression_rows(sets, masks, batch, set_key, count)
-    tag = {"set": "sets", "state": "states", "boxes": "boxes"}[set_key]
-    tf.summary.image(f"progression/{tag}", np.stack(rows), step=step, max_outputs=count)
-    if set_key == "state":
-        target, target_mask = batch[set_key].numpy(), batch["mask"].numpy()
-        tables = [
-            visualize.state_table(sets[-1, i], masks[-1, i], target[i], target_mask[i], clevr.ATTRIBUTES)
-            for i in range(count)
-        ]
-        tf.summary.text("progression/state_tables", "\n\n".join(tables), step=step)
+    rows = progression_rows(sets, masks, batch, task, count)
+    pictures = task.pictures
+    tf.summary.image(f"progression/{pictures.tag}", np.stack(rows), step=step, max_outputs=count)
+    if pictures.table is not None:
+        target, target_mask = batch[task.set_key].numpy(), batch["mask"].numpy()
+        tables = [pictures.table(sets[-1, i], masks[-1, i], target[i], target_mask[i]) for i in range(count)]
+        tf.summary.text(f"progression/{pictures.table_tag}", "\n\n".join(tables), step=step)

@@ -33,17 +33,17 @@ def _decode(model, batch, set_key, iters):
     return out["sets"].numpy(), out["masks"].numpy()
 
 
-def progression_rows(model, batch, set_key, iters, count, baseline=None):
+def progression_rows(model, batch, task, iters, count, baseline=None):
     """One picture row (uint8 `[H, W, 3]`) per example: every inner step, then the truth.
 
     With a `baseline` model, its final prediction is drawn after the steps and before the truth.
     """
-    sets, masks = _decode(model, batch, set_key, iters)
+    sets, masks = _decode(model, batch, task.set_key, iters)
     other = None
     if baseline is not None:
-        other_sets, other_masks = _decode(baseline, batch, set_key, iters)
+        other_sets, other_masks = _decode(baseline, batch, task.set_key, iters)
         other = (other_sets[-1], other_masks[-1])
-    return loop.progression_rows(sets, masks, batch, set_key, count, baseline=other)
+    return loop.progression_rows(sets, masks, batch, task, count, baseline=other)
 
 
 def stack_rows(rows, gap=4):
@@ -88,9 +88,9 @@ def main(argv):
     )
     baseline = load_baseline(config) if config.baseline_model_dir else None
     batch = next(iter(config_lib.eval_batches(config)))
-    iters = max(config_lib.eval_iters(config))
+    iters = max(config_lib.eval_iters(config, model.iterative))
     picture = stack_rows(
-        progression_rows(model, batch, config_lib.task(config).set_key, iters, config.picture_examples, baseline)
+        progression_rows(model, batch, config_lib.task(config), iters, config.picture_examples, baseline)
     )
     os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
     tf.io.write_file(config.output, tf.io.encode_png(picture))

@@ -17,7 +17,7 @@ from absl import app, logging
 
 from dspn_tf import evaluation
 from dspn_tf.training import Trainer
-from train import checkpoints, hparams
+from train import checkpoints, decoders, hparams
 from train import config as config_lib
 from train.loop import Loop, NonFiniteLossError, WorkerLostError
 
@@ -70,9 +70,9 @@ def main(argv):
 def describe_run(config, model, train_size, total):
     """What the run uses, printed before the first step: data, model size, step budget."""
     source = config.data_source
-    if source in ("generated", "tfds") or config.dataset == "clevr_state_autoencoder":
+    if source in ("generated", "tfds") or config_lib.task(config).caches_folders:
         source += f", cache {config_lib.cache_dir(config)}"
-    inner = f", {config.iters} inner steps" if config.decoder == "dspn" else ""
+    inner = f", {config.iters} inner steps" if model.iterative else ""
     epochs = total * config.batch_size / train_size
     return "\n".join(
         [
@@ -121,9 +121,9 @@ def next_steps(config):
     """
     flagfile, model_dir = config.flagfile, config.model_dir
     extra = "".join(" " + shlex.quote(a) for a in _without_model_dir(config.overrides))
-    measured = "Chamfer" if config.dataset == "set_mnist" else "AP"
+    measured = config_lib.task(config).metric
     lines = [f"TensorBoard (losses, {measured}, pictures of every inner step): tensorboard --logdir {model_dir}"]
-    if flagfile and config.decoder == "dspn" and flagfile.endswith("_dspn.cfg"):
+    if flagfile and decoders.has_inner_loop(config.decoder) and flagfile.endswith("_dspn.cfg"):
         baseline = flagfile[: -len("_dspn.cfg")] + "_mlp.cfg"
         if os.path.isfile(baseline):
             lines.insert(0, f"MLP baseline with the same budget: python -m train.train --flagfile={baseline}{extra}")

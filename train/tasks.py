@@ -1,0 +1,265 @@
+"""The tasks of `--dataset`, one `Task` record each, registered by name.
+
+A task says everything the entry points need to know about a dataset: the
+model kind it trains, where the target set is in a batch and its shape, how
+its splits are built, its default set loss, what its evaluation measures and
+how its predictions are drawn. Everything else in `train/` asks the task
+(`tasks.get(name)`), so adding a dataset is one `register(Task(...))` here:
+`--dataset` offers every registered name.
+
+The split builders take the run's data settings (`train.config.DataConfig`:
+`data_source`, `tfds_data_dir`, `cache_dir`, `generated_train`,
+`generated_val`, `image_size`), the split ("train" or "eval") and the seed.
+"""
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from dspn_tf import visualize
+from dspn_tf.data import clevr, clevr_states, image_cache, render, set_mnist
+
+SPLITS = ("train", "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pictures:
+    """How a task's predictions are drawn: TensorBoard's `progression/<tag>` and train.pictures' PNG.
+
+    Attributes:
+        tag: The picture's TensorBoard tag under `progression/`.
+        row: `row(image, sets, masks, target, target_mask, baseline=None)` draws one
+            example (its image, or None for a task without images; its `[steps, N, C]`
+            sets and `[steps, N]` masks; its target set and mask; optionally another
+            model's final `(set, mask)` drawn before the truth) as a uint8 `[H, W, 3]` row.
+        table: None, or `table(set, mask, target, target_mask)`: the final prediction as
+            text, written as TensorBoard text under `progression/<table_tag>`.
+        table_tag: The text's tag under `progression/`.
+    """
+
+    tag: str
+    row: Callable
+    table: Callable | None = None
+    table_tag: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What `--dataset=<name>` asks for.
+
+    Attributes:
+        name: The `--dataset` value.
+        description: One line for `--dataset`'s help.
+        kind: "autoencoder" (set -> z -> set) or "image" (image -> z -> set), the
+            `task` of `dspn_tf.models.build_model`.
+        set_key: Key of the target set in a batch: "set", "state" or "boxes".
+        set_size: Set slots N.
+        set_channels: Features per element C.
+        build_split: `build_split(data, split, seed)`: the unbatched `tf.data`
+            dataset of a split ("train" or "eval"); raises ValueError naming
+            `--data_source` if the data cannot come from it.
+        default_loss: The set loss when `--loss` is unset: "chamfer" or "hungarian".
+        metric: What the evaluation measures, as printed ("Chamfer" or "AP").
+        pictures: How predictions are drawn (`Pictures`).
+        caches_folders: Whether data read from a folder is cached under
+            `--cache_dir` too (the run's description names the cache then).
+    """
+
+    name: str
+    description: str
+    kind: str
+    set_key: str
+    set_size: int
+    set_channels: int
+    build_split: Callable
+    default_loss: str
+    metric: str
+    pictures: Pictures
+    caches_folders: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("autoencoder", "image"):
+            raise ValueError(f"Task {self.name!r}: `kind` must be 'autoencoder' or 'image'; received {self.kind!r}.")
+        if self.default_loss not in ("chamfer", "hungarian"):
+            raise ValueError(
+                f"Task {self.name!r}: `default_loss` must be 'chamfer' or 'hungarian'; received {self.default_loss!r}."
+            )
+
+    def input_shape(self, image_size):
+        """The per-example shape of the model's input: `(N, C)` of a set, or `(image_size, image_size, 3)`."""
+        if self.kind == "autoencoder":
+            return (self.set_size, self.set_channels)
+        return (image_size, image_size, 3)
+
+
+_TASKS = {}
+
+
+def register(task):
+    """Adds `task` under `task.name`; returns it.
+
+    Raises:
+        ValueError: if a task of that name is registered already.
+    """
+    if task.name in _TASKS:
+        raise ValueError(f"tasks.register: a task named {task.name!r} is registered already.")
+    _TASKS[task.name] = task
+    return task
+
+
+def get(name):
+    """The `Task` registered as `name`.
+
+    Raises:
+        ValueError: naming the unknown task and the registered ones.
+    """
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise ValueError(f"Unknown task {name!r}; the registered tasks are {', '.join(_TASKS)}.") from None
+
+
+def names():
+    """The registered task names, in registration order."""
+    return list(_TASKS)
+
+
+def cache_root(data):
+    """--cache_dir, else $DSPN_TF_CACHE, else ~/.cache/dspn_tf (the data builders' root too)."""
+    return data.cache_dir or image_cache.default_root()
+
+
+def _check_split(split):
+    if split not in SPLITS:
+        raise ValueError(f"A split is 'train' or 'eval'; received {split!r}.")
+
+
+def _set_mnist_split(data, split, seed):
+    _check_split(split)
+    if data.data_source == "generated":
+        raise ValueError("--data_source=generated is for CLEVR tasks; set-MNIST needs an IDX folder or 'tfds'.")
+    return set_mnist.build_dataset(
+        data.data_source,
+        "train" if split == "train" else "test",
+        shuffle_elements=True,
+        seed=seed,
+        data_dir=data.tfds_data_dir,
+    )
+
+
+def _clevr_states_split(data, split, seed):
+    _check_split(split)
+    if data.data_source == "tfds":
+        raise ValueError(
+            "--dataset=clevr_state_autoencoder reads 'generated' scenes or a CLEVR_v1.0 folder, not 'tfds'."
+        )
+    generated = data.data_source == "generated"
+    count = data.generated_train if split == "train" else data.generated_val
+    return clevr_states.build_dataset(
+        data.data_source,
+        "train" if split == "train" else "val",
+        num_scenes=count if generated else None,
+        seed=seed,
+        cache_dir=os.path.join(cache_root(data), "clevr_states"),
+    )
+
+
+def _clevr_images_split(with_boxes):
+    """The split builder of CLEVR images with their object states, or with their boxes."""
+
+    def build(data, split, seed):
+        _check_split(split)
+        source = data.data_source
+        if source == "generated":
+            source = render.ensure_generated(
+                cache_root(data), seed=seed, num_train=data.generated_train, num_val=data.generated_val
+            )
+        return clevr.build_dataset(
+            source,
+            "train" if split == "train" else "val",
+            image_size=data.image_size,
+            cache_dir=os.path.join(cache_root(data), "clevr"),
+            with_boxes=with_boxes,
+            data_dir=data.tfds_data_dir,
+        )
+
+    return build
+
+
+def _points_row(image, *steps, **baseline):
+    del image  # Sets of points have no image.
+    return visualize.set_progression(*steps, **baseline)
+
+
+def _states_from_above_row(image, *steps, **baseline):
+    del image  # The state auto-encoder has no images.
+    return visualize.state_progression(*steps, clevr.ATTRIBUTES, **baseline)
+
+
+def _states_on_image_row(image, *steps, **baseline):
+    return visualize.states_on_image(image, *steps, clevr.ATTRIBUTES, **baseline)
+
+
+def _state_table(*final):
+    return visualize.state_table(*final, clevr.ATTRIBUTES)
+
+
+_STATE_TABLES = {"table": _state_table, "table_tag": "state_tables"}
+
+register(
+    Task(
+        name="set_mnist",
+        description="set-MNIST auto-encoding (the points of an MNIST digit)",
+        kind="autoencoder",
+        set_key="set",
+        set_size=set_mnist.MAX_SET_SIZE,
+        set_channels=2,
+        build_split=_set_mnist_split,
+        default_loss="chamfer",
+        metric="Chamfer",
+        pictures=Pictures(tag="sets", row=_points_row),
+    )
+)
+register(
+    Task(
+        name="clevr_state",
+        description="CLEVR image -> object states",
+        kind="image",
+        set_key="state",
+        set_size=clevr.MAX_OBJECTS,
+        set_channels=clevr.STATE_DIM,
+        build_split=_clevr_images_split(with_boxes=False),
+        default_loss="hungarian",
+        metric="AP",
+        pictures=Pictures(tag="states", row=_states_on_image_row, **_STATE_TABLES),
+    )
+)
+register(
+    Task(
+        name="clevr_boxes",
+        description="CLEVR image -> object bounding boxes",
+        kind="image",
+        set_key="boxes",
+        set_size=clevr.MAX_OBJECTS,
+        set_channels=clevr.BOX_DIM,
+        build_split=_clevr_images_split(with_boxes=True),
+        default_loss="hungarian",
+        metric="AP",
+        pictures=Pictures(tag="boxes", row=visualize.boxes_progression),
+    )
+)
+register(
+    Task(
+        name="clevr_state_autoencoder",
+        description="CLEVR object states auto-encoded (state set -> z -> state set; no images)",
+        kind="autoencoder",
+        set_key="state",
+        set_size=clevr.MAX_OBJECTS,
+        set_channels=clevr.STATE_DIM,
+        build_split=_clevr_states_split,
+        default_loss="hungarian",
+        metric="AP",
+        pictures=Pictures(tag="states", row=_states_from_above_row, **_STATE_TABLES),
+        caches_folders=True,
+    )
+)
