@@ -148,7 +148,9 @@ class Pair:
             checkpoints.restore({"model": self.model}, None, args.checkpoint)
         self.optimizer = config_lib.build_optimizer(cfg, self.model, config_lib.total_steps(cfg, size))
         self.settings = config_lib.loss_settings(cfg)
-        self.trainer = training.Trainer(self.model, self.optimizer, self.settings, global_batch_size=cfg.batch_size)
+        self.trainer = training.Trainer(
+            self.model, self.optimizer, self.settings, global_batch_size=cfg.optimization.batch_size
+        )
         self.reference = Reference(torch, cfg, config_lib.task(cfg).set_size)
         self.pairs = pair_parameters(self.model, self.reference)
         self.order = {id(p): i for i, p in enumerate(self.reference.modules.parameters())}
@@ -158,7 +160,9 @@ class Pair:
             self.exact = Reference(torch, cfg, config_lib.task(cfg).set_size)
             self.exact.modules.double()
             # build_model applies the run's dtype policy: a float64 copy of the config gives float64 variables.
-            self.exact_model = config_lib.build_model(dataclasses.replace(cfg, mixed_precision="float64"))
+            self.exact_model = config_lib.build_model(
+                dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mixed_precision="float64"))
+            )
         copy_weights(torch, self.pairs)
 
     def compared_step(self, step, batch):
@@ -168,7 +172,7 @@ class Pair:
         before = [v.numpy().copy() for _, v, _, _ in self.pairs]
         exact, exact_tf = self.exact_gradients(batch) if self.exact is not None else (None, None)
         _, losses, tf_grads = training.loss_and_gradients(
-            self.model, self.optimizer, batch, self.settings, global_batch_size=self.cfg.batch_size
+            self.model, self.optimizer, batch, self.settings, global_batch_size=self.cfg.optimization.batch_size
         )
         self.optimizer.apply(tf_grads, self.model.trainable_variables)
         torch_loss, grads = self.reference.train_step(batch, return_gradients=True)
@@ -212,7 +216,7 @@ class Pair:
             target.assign(tf.cast(source, target.dtype))
         wide = {key: tf.cast(value, tf.float64) if value.dtype.is_floating else value for key, value in batch.items()}
         _, _, tf_grads = training.loss_and_gradients(
-            self.exact_model, self.optimizer, wide, self.settings, global_batch_size=self.cfg.batch_size
+            self.exact_model, self.optimizer, wide, self.settings, global_batch_size=self.cfg.optimization.batch_size
         )
         return self.exact.train_step(wide, return_gradients=True)[1], tf_grads
 
@@ -231,7 +235,7 @@ class Pair:
         """Test Chamfer x 1e3 of the final inner step on the first `examples` test sets, both frameworks."""
         from dspn_tf import evaluation
 
-        first = self.eval_ds.unbatch().take(examples).batch(self.cfg.batch_size)
+        first = self.eval_ds.unbatch().take(examples).batch(self.cfg.optimization.batch_size)
         predictions = evaluation.collect_predictions(self.model, first, set_key="set", iters_list=[self.eval_iters])
         tf_value = evaluation.chamfer_per_iters(predictions)[self.eval_iters]
         torch_value = self.reference.test_chamfer(first, self.eval_iters)
@@ -248,7 +252,9 @@ def main(argv=None):
 
     tf.config.set_visible_devices([], "GPU")
     pair = Pair(torch, args)
-    start = f"the checkpoint {args.checkpoint}" if args.checkpoint else f"the initial weights of seed {pair.cfg.seed}"
+    start = (
+        f"the checkpoint {args.checkpoint}" if args.checkpoint else f"the initial weights of seed {pair.cfg.run.seed}"
+    )
     mode = "free-running" if args.free else "PyTorch's weights reset to dspn_tf's every step"
     mode = f"{args.steps} training steps, {mode}" if args.steps else "no training"
     optimizer = f"{type(pair.optimizer).__module__}.{type(pair.optimizer).__name__}"

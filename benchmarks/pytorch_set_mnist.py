@@ -57,9 +57,10 @@ def run_config(flagfile, overrides):
     from train import config as config_lib
 
     cfg = config_lib.load(flagfile, *overrides)
-    if any(getattr(cfg, flag) not in values for flag, values in REFERENCE_RUN.items()):
+    if any(cfg.as_flags()[flag] not in values for flag, values in REFERENCE_RUN.items()):
         sys.exit(f"error: {flagfile} is not a set-MNIST DSPN run with the FSEncoder; only that is supported.")
-    if cfg.inner_gradient != "unrolled" or cfg.inner_momentum or cfg.inner_clip or cfg.repr_lambda:
+    inner = cfg.model.inner
+    if inner.gradient != "unrolled" or inner.momentum or inner.clip or cfg.optimization.repr_lambda:
         sys.exit(f"error: {flagfile} uses inner-loop options the PyTorch reference does not have.")
     return cfg
 
@@ -69,16 +70,16 @@ class Reference:
 
     def __init__(self, torch, cfg, set_size):
         _, FSEncoder, _, DSPN, xavier_init = build_modules(torch)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.run.seed)
         self.torch = torch
-        self.all_steps = cfg.loss_all_steps
-        self.encoder = FSEncoder(2, cfg.dim, cfg.latent)
-        self.decoder = DSPN(self.encoder, 2, set_size, cfg.iters, lr=None)
+        self.all_steps = cfg.optimization.loss_all_steps
+        self.encoder = FSEncoder(2, cfg.model.dim, cfg.model.latent)
+        self.decoder = DSPN(self.encoder, 2, set_size, cfg.model.inner.iters, lr=None)
         self.modules = torch.nn.ModuleList([self.encoder, self.decoder])
         xavier_init(self.modules)
-        self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=cfg.learning_rate, eps=1e-8)
-        self.per_sample_step = cfg.inner_lr
-        self.train_iters = cfg.iters
+        self.optimizer = torch.optim.Adam(self.modules.parameters(), lr=cfg.optimization.learning_rate, eps=1e-8)
+        self.per_sample_step = cfg.model.inner.lr
+        self.train_iters = cfg.model.inner.iters
 
     def decode(self, batch, iters, create_graph):
         torch = self.torch
@@ -135,8 +136,8 @@ def main(argv=None):
     model = Reference(torch, cfg, task.set_size)
     eval_iters = int(config_lib.eval_iters(cfg)[0])
     full_eval = config_lib.eval_batches(cfg)  # The whole test split unless --max_eval_examples is set.
-    first_eval = full_eval.unbatch().take(args.eval_examples).batch(cfg.batch_size)
-    print(f"PyTorch {torch.__version__} reference on {cfg.dataset}: {size:,} training sets, {total:,} steps.")
+    first_eval = full_eval.unbatch().take(args.eval_examples).batch(cfg.optimization.batch_size)
+    print(f"PyTorch {torch.__version__} reference on {cfg.data.dataset}: {size:,} training sets, {total:,} steps.")
 
     log, window, evaluations, train_seconds = [], [], [], 0.0
     iterator = iter(train_ds)
@@ -157,7 +158,7 @@ def main(argv=None):
                 flush=True,
             )
     full = model.test_chamfer(full_eval, eval_iters)
-    print(f"final: test Chamfer x1e3 on the test set ({cfg.max_eval_examples or 'all'} sets) {full * 1e3:.4f}")
+    print(f"final: test Chamfer x1e3 on the test set ({cfg.data.max_eval_examples or 'all'} sets) {full * 1e3:.4f}")
     results = {
         "flagfile": args.flagfile,
         "overrides": args.override,

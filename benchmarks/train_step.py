@@ -94,18 +94,13 @@ def build(config, decoder, iters=10, inner_gradient="unrolled"):
 
     run = run_config(config, decoder, iters, inner_gradient)
     if config == "clevr_decoder":
-        if has_inner_loop(decoder):
-            dec = DSPN(
-                RNFSEncoder(run.dim, run.latent, n_pieces=run.n_pieces),
-                config_lib.task(run).set_size,
-                config_lib.task(run).set_channels,
-                iters=run.iters,
-                lr=run.inner_lr,
-                **config_lib.dspn_options(run),
-            )
+        task, settings = config_lib.task(run), run.model
+        if settings.iterative:
+            encoder = RNFSEncoder(settings.dim, settings.latent, n_pieces=settings.n_pieces)
+            dec = DSPN(encoder, task.set_size, task.set_channels, **settings.inner.as_dict())
         else:
-            dec = MLPDecoder(config_lib.task(run).set_size, config_lib.task(run).set_channels, run.decoder_dim)
-        model = ImageToSet(keras.layers.Dense(run.latent, name="embed"), dec).build_on_zeros((FEATURES,))
+            dec = MLPDecoder(task.set_size, task.set_channels, settings.decoder_dim)
+        model = ImageToSet(keras.layers.Dense(settings.latent, name="embed"), dec).build_on_zeros((FEATURES,))
     else:
         model = config_lib.build_model(run)
     return model, config_lib.build_optimizer(run, model, total=1), config_lib.loss_settings(run)

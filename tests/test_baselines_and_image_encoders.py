@@ -229,6 +229,6 @@ def test_latent_256_configs_have_the_paper_parameter_counts(decoder, count):
     from train import config as config_lib
 
     cfg = config_lib.load(f"configs/set_mnist_{decoder}_latent256.cfg")
-    assert cfg.latent == 256
-    assert cfg.baseline_mask_offset == (0.0 if decoder == "dspn" else 1.0)
+    assert cfg.model.latent == 256
+    assert cfg.model.baseline_mask_offset == (0.0 if decoder == "dspn" else 1.0)
     assert config_lib.build_model(cfg).count_params() == count

@@ -67,7 +67,8 @@ def test_the_flags_accept_what_the_inner_loop_accepts():
     config = config_lib.load(
         CONFIG, "--inner_lr=0.5", "--inner_tolerance=1e-3", "--starting_set=mlp", "--inner_clip=10"
     )
-    assert (config.inner_lr, config.inner_tolerance, config.starting_set, config.inner_clip) == (0.5, 1e-3, "mlp", 10.0)
+    inner = config.model.inner
+    assert (inner.lr, inner.tolerance, inner.starting_set, inner.clip) == (0.5, 1e-3, "mlp", 10.0)
 
 
 def test_every_inner_loop_field_has_its_flag():

@@ -53,7 +53,9 @@ def test_idspn_flagfile_reaches_the_model_config():
     assert {key: config[key] for key in expected} == expected
     assert type(model.image_encoder).__name__ == "ResNet18Encoder"
     run_config = config_lib.from_flags()
-    assert config_lib.parse_iters_schedule(run_config.iters_schedule, 1000, run_config.iters) == [(0, 20), (500, 40)]
+    assert config_lib.parse_iters_schedule(
+        run_config.optimization.iters_schedule, 1000, run_config.model.inner.iters
+    ) == [(0, 20), (500, 40)]
     rate = config_lib.learning_rate(run_config, 1000)
     assert float(rate(899)) == pytest.approx(1e-3) and float(rate(901)) == pytest.approx(1e-4)
 

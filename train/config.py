@@ -1,8 +1,11 @@
 """A run's settings: the flags read once into a frozen `RunConfig`, and what is built from it.
 
-`from_flags()` is the only place in `train/` that reads `FLAGS`. Everything
-else takes the `RunConfig` (or plain values from it) and calls the library's
-plain-argument factories: the datasets (`dspn_tf.data`), the model
+`from_flags()` is the only place in `train/` that reads `FLAGS`. A `RunConfig`
+holds one frozen section per component (`data`, `model` with its inner loop
+`model.inner`, `optimization`, `evaluation`, `pictures`, `export`, `run`);
+`as_flags()` gives the flat view by flag name. Everything else takes the
+`RunConfig`, or the sections it needs, and calls the library's plain-argument
+factories: the datasets (through the task, `train/tasks.py`), the model
 (`dspn_tf.models.build_model`), the strategy, the loss settings, the
 inner-step schedule and the learning rate.
 """
@@ -18,19 +21,19 @@ from absl import flags
 
 from dspn_tf import optimizers
 from dspn_tf.data import batches
+from dspn_tf.inner.config import InnerLoopConfig
 from dspn_tf.models import build_model as build_model_from_args
 from dspn_tf.training import LossSettings
 from train import decoders, tasks
-from train import flags as _flags  # noqa: F401  (defines every flag)
+from train import flags as train_flags
 
 FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Every setting of a run, one field per flag (`train/flags.py` documents them)."""
+class DataConfig:
+    """What a run reads (`train.tasks` builds it): one field per flag of that name."""
 
-    # Data.
     dataset: str
     data_source: str
     tfds_data_dir: str | None
@@ -41,27 +44,38 @@ class RunConfig:
     max_train_examples: int | None
     max_eval_examples: int | None
     shuffle_buffer: int
-    # Model.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model: its decoder, encoders, widths and dtype policy (flags of these names), and its inner loop.
+
+    `inner` is the `dspn_tf.inner.InnerLoopConfig` of --iters, --inner_lr, the other
+    --inner_* flags, --starting_set, --start_regularizer and --seed
+    (`train.flags.INNER_LOOP_FLAGS`); a baseline decoder ignores it.
+    """
+
     decoder: str
     set_encoder: str | None
     image_encoder: str
     dim: int
     latent: int
     decoder_dim: int | None
-    baseline_mask_offset: float
-    iters: int
-    inner_lr: float
     n_pieces: int
-    inner_gradient: str
-    inner_momentum: float
-    inner_nesterov: bool
-    inner_clip: float | None
-    inner_loss: str
-    starting_set: str
-    start_regularizer: float
-    inner_tolerance: float | None
-    iters_schedule: tuple
-    # Loss and optimisation.
+    baseline_mask_offset: float
+    mixed_precision: str
+    inner: InnerLoopConfig
+
+    @property
+    def iterative(self):
+        """Whether the decoder runs DSPN's inner loop (a built model's `iterative`)."""
+        return decoders.has_inner_loop(self.decoder)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationConfig:
+    """The outer optimisation: losses, optimizer, schedules and budget (flags of these names)."""
+
     loss: str | None
     loss_all_steps: bool | None
     repr_lambda: float | None
@@ -71,13 +85,47 @@ class RunConfig:
     batch_size: int
     epochs: int | None
     train_steps: int | None
-    # Run.
+    iters_schedule: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """What train.evaluate and train.pictures read (--checkpoint also train.export's) and what they write."""
+
+    eval_iters: tuple
+    checkpoint: str | None
+    output: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PicturesConfig:
+    """train.pictures' drawing."""
+
+    picture_examples: int
+    baseline_model_dir: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """train.export's options."""
+
+    checkpoint_dir: str | None
+    export_base: str | None
+    keep_versions: int
+    all_steps: bool
+    export_keras: bool
+    max_iters: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """How train.train runs: its directory, seed, execution, distribution and cadences."""
+
     model_dir: str
     seed: int
     deterministic: bool
     run_eagerly: bool
     jit_compile: bool
-    mixed_precision: str
     strategy: str
     checkpoint_every: int
     log_every: int
@@ -86,40 +134,97 @@ class RunConfig:
     keep_checkpoints: int
     progress: bool
     evaluate_at_end: bool
-    checkpoint: str | None
-    eval_iters: tuple
-    # train.evaluate and train.export.
-    output: str | None
-    checkpoint_dir: str | None
-    export_base: str | None
-    keep_versions: int
-    all_steps: bool
-    export_keras: bool
-    max_iters: int
-    # train.pictures.
-    picture_examples: int
-    baseline_model_dir: str | None
-    # Not flags: the last --flagfile of the command line (absl consumes it
-    # while parsing), the flags given after it (for the commands printed at the
-    # end of a run) and every flag's value as text, for `flags.txt`.
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run, by component (`train/flags.py` documents each flag).
+
+    Attributes:
+        data: `DataConfig`.
+        model: `ModelConfig` (with `model.inner`, the `InnerLoopConfig`).
+        optimization: `OptimizationConfig`.
+        evaluation: `EvaluationConfig`.
+        pictures: `PicturesConfig`.
+        export: `ExportConfig`.
+        run: `RunSettings`.
+        flagfile: The last --flagfile of the command line (absl consumes it while parsing).
+        overrides: The flags given after it (for the commands printed at the end of a run).
+        flags_text: Every flag's value as text, for `flags.txt`.
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    optimization: OptimizationConfig
+    evaluation: EvaluationConfig
+    pictures: PicturesConfig
+    export: ExportConfig
+    run: RunSettings
     flagfile: str | None = None
     overrides: tuple = ()
     flags_text: str = ""
+
+    def as_flags(self):
+        """Every flag's value by flag name (lists as tuples): the flat view of the sections."""
+        values = {}
+        for flag, path in FLAG_FIELDS.items():
+            value = self
+            for name in path:
+                value = getattr(value, name)
+            values[flag] = value
+        return values
+
+
+# The sections whose fields are named after their flags.
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optimization": OptimizationConfig,
+    "evaluation": EvaluationConfig,
+    "pictures": PicturesConfig,
+    "export": ExportConfig,
+    "run": RunSettings,
+}
+
+
+def _flag_fields():
+    """Flag name -> where its value lives in a `RunConfig`, as a path of attribute names."""
+    fields = {}
+    for section, cls in _SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            if field.name != "inner":
+                fields[field.name] = (section, field.name)
+    for flag, field in train_flags.INNER_LOOP_FLAGS.items():
+        fields.setdefault(flag, ("model", "inner", field))  # --seed is run.seed (and model.inner.seed).
+    return fields
+
+
+# Flag name -> its path in a `RunConfig`, e.g. "inner_lr" -> ("model", "inner", "lr").
+FLAG_FIELDS = _flag_fields()
 
 
 def from_flags(flag_values=None, argv=None):
     """The `RunConfig` of parsed flags (default: absl's `FLAGS` and `sys.argv`)."""
     flag_values = flag_values or FLAGS
-    values = {}
-    for field in dataclasses.fields(RunConfig):
-        if field.name in ("flagfile", "overrides", "flags_text"):
-            continue
-        value = getattr(flag_values, field.name)
-        values[field.name] = tuple(value) if isinstance(value, list) else value
+
+    def value(flag):
+        found = getattr(flag_values, flag)
+        return tuple(found) if isinstance(found, list) else found
+
+    def section(cls, **given):
+        return cls(**{f.name: value(f.name) for f in dataclasses.fields(cls) if f.name not in given}, **given)
+
+    inner = InnerLoopConfig(**{field: value(flag) for flag, field in train_flags.INNER_LOOP_FLAGS.items()})
     args = list(sys.argv if argv is None else argv)[1:]
     last = max((i for i, a in enumerate(args) if a.startswith("--flagfile=")), default=None)
     return RunConfig(
-        **values,
+        data=section(DataConfig),
+        model=section(ModelConfig, inner=inner),
+        optimization=section(OptimizationConfig),
+        evaluation=section(EvaluationConfig),
+        pictures=section(PicturesConfig),
+        export=section(ExportConfig),
+        run=section(RunSettings),
         flagfile=None if last is None else args[last].split("=", 1)[1],
         overrides=() if last is None else tuple(args[last + 1 :]),
         flags_text=flag_values.flags_into_string(),
@@ -142,13 +247,13 @@ def load(flagfile, *overrides):
 
 
 def task(config):
-    """The `train.tasks.Task` of `config.dataset`."""
-    return tasks.get(config.dataset)
+    """The `train.tasks.Task` of the run's --dataset."""
+    return tasks.get(config.data.dataset)
 
 
 def cache_dir(config):
     """--cache_dir, else $DSPN_TF_CACHE, else ~/.cache/dspn_tf (the data builders' root too)."""
-    return tasks.cache_root(config)
+    return tasks.cache_root(config.data)
 
 
 def build_split(config, split):
@@ -157,7 +262,7 @@ def build_split(config, split):
     Raises:
         ValueError: naming --data_source if the dataset cannot come from it.
     """
-    return task(config).build_split(config, split, config.seed)
+    return task(config).build_split(config.data, split, config.run.seed)
 
 
 def set_seeds(config):
@@ -168,9 +273,9 @@ def set_seeds(config):
     seed, so a process that reads `train_batches` without this call (a
     benchmark, a notebook) gets other batches than the run with the same --seed.
     """
-    if config.deterministic:
+    if config.run.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.run.seed)
 
 
 def train_batches(config, strategy):
@@ -181,69 +286,55 @@ def train_batches(config, strategy):
     Raises:
         ValueError: naming --batch_size if it does not split over the replicas or exceeds the split.
     """
+    data, batch_size = config.data, config.optimization.batch_size
     ds = build_split(config, "train")
-    if config.max_train_examples:
-        ds = ds.take(config.max_train_examples)
+    if data.max_train_examples:
+        ds = ds.take(data.max_train_examples)
     size = int(ds.cardinality())
     if size < 0:
         size = int(ds.reduce(0, lambda n, _: n + 1))
     replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(f"--batch_size={config.batch_size} must be divisible by the {replicas} replicas.")
-    if size < config.batch_size:
-        raise ValueError(f"The training split has {size} examples, fewer than --batch_size={config.batch_size}.")
+    if batch_size % replicas:
+        raise ValueError(f"--batch_size={batch_size} must be divisible by the {replicas} replicas.")
+    if size < batch_size:
+        raise ValueError(f"The training split has {size} examples, fewer than --batch_size={batch_size}.")
     # The global batches, on every worker: the loop hands each worker its rows, so the global batch
     # is the one a single process trains on and every worker's input position is the chief's (which
     # its checkpoint holds; a per-worker shard would start afresh after a restart).
-    return batches(ds, config.batch_size, shuffle_buffer=config.shuffle_buffer, seed=config.seed), size
+    return batches(ds, batch_size, shuffle_buffer=data.shuffle_buffer, seed=config.run.seed), size
 
 
 def eval_batches(config):
     """Batches of the evaluation split (at most --max_eval_examples), in order."""
     ds = build_split(config, "eval")
-    if config.max_eval_examples:
-        ds = ds.take(config.max_eval_examples)
-    return batches(ds, config.batch_size)
+    if config.data.max_eval_examples:
+        ds = ds.take(config.data.max_eval_examples)
+    return batches(ds, config.optimization.batch_size)
 
 
 def total_steps(config, train_size):
     """--train_steps, else --epochs passes over `train_size` examples."""
-    if config.train_steps:
-        return config.train_steps
-    if config.epochs:
-        return config.epochs * (train_size // config.batch_size)
+    optimization = config.optimization
+    if optimization.train_steps:
+        return optimization.train_steps
+    if optimization.epochs:
+        return optimization.epochs * (train_size // optimization.batch_size)
     raise ValueError("Set --train_steps or --epochs.")
 
 
 def loss_settings(config):
-    """The `LossSettings` of the run; the defaults follow the reference code."""
-    run_task = task(config)
-    iterative = decoders.has_inner_loop(config.decoder)
-    loss = config.loss or run_task.default_loss
+    """The `LossSettings` of the run; the defaults follow the reference code and the task."""
+    run_task, model, optimization = task(config), config.model, config.optimization
+    loss = optimization.loss or run_task.default_loss
     # Implicit gradients train the final step only, so by default they score only it.
-    default_all_steps = loss == "chamfer" and not (iterative and config.inner_gradient == "implicit")
-    all_steps = config.loss_all_steps if config.loss_all_steps is not None else default_all_steps
-    repr_lambda = config.repr_lambda
+    default_all_steps = loss == "chamfer" and not (model.iterative and model.inner.gradient == "implicit")
+    all_steps = optimization.loss_all_steps if optimization.loss_all_steps is not None else default_all_steps
+    repr_lambda = optimization.repr_lambda
     if repr_lambda is None:
         # The paper's representation loss pulls an image embedding towards g(target); an auto-encoder's
         # embedding is g(target) already.
-        repr_lambda = 0.1 if (iterative and run_task.kind == "image") else 0.0
+        repr_lambda = 0.1 if (model.iterative and run_task.kind == "image") else 0.0
     return LossSettings(set_key=run_task.set_key, loss=loss, all_steps=all_steps, repr_lambda=repr_lambda)
-
-
-def dspn_options(config):
-    """The DSPN inner-loop keyword arguments of the run."""
-    return {
-        "gradient": config.inner_gradient,
-        "momentum": config.inner_momentum,
-        "nesterov": config.inner_nesterov,
-        "clip": config.inner_clip,
-        "inner_loss": config.inner_loss,
-        "starting_set": config.starting_set,
-        "start_regularizer": config.start_regularizer,
-        "tolerance": config.inner_tolerance,
-        "seed": config.seed,
-    }
 
 
 def build_model(config):
@@ -253,26 +344,28 @@ def build_model(config):
     one is, so that train.evaluate / export / pictures restore a float64
     run's checkpoint into float64 variables.
     """
-    run_task = task(config)
+    run_task, model = task(config), config.model
+    dspn_options = model.inner.as_dict()
+    iters, inner_lr = dspn_options.pop("iters"), dspn_options.pop("lr")
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.mixed_precision)
+    keras.config.set_dtype_policy(model.mixed_precision)
     try:
         return build_model_from_args(
             run_task.kind,
-            decoder=config.decoder,
+            decoder=model.decoder,
             set_size=run_task.set_size,
             set_channels=run_task.set_channels,
-            dim=config.dim,
-            latent=config.latent,
-            decoder_dim=config.decoder_dim,
-            set_encoder=config.set_encoder,
-            image_encoder=config.image_encoder,
-            iters=config.iters,
-            inner_lr=config.inner_lr,
-            n_pieces=config.n_pieces,
-            dspn_options=dspn_options(config),
-            mask_offset=config.baseline_mask_offset,
-            input_shape=run_task.input_shape(config.image_size),
+            dim=model.dim,
+            latent=model.latent,
+            decoder_dim=model.decoder_dim,
+            set_encoder=model.set_encoder,
+            image_encoder=model.image_encoder,
+            iters=iters,
+            inner_lr=inner_lr,
+            n_pieces=model.n_pieces,
+            dspn_options=dspn_options,
+            mask_offset=model.baseline_mask_offset,
+            input_shape=run_task.input_shape(config.data.image_size),
         )
     finally:
         keras.config.set_dtype_policy(previous)
@@ -283,9 +376,9 @@ def build_optimizer(config, model, total):
 
     Call under the strategy's scope.
     """
-    adam = optimizers.Adam if config.optimizer == "adam" else keras.optimizers.Adam
+    adam = optimizers.Adam if config.optimization.optimizer == "adam" else keras.optimizers.Adam
     optimizer = adam(learning_rate(config, total), epsilon=1e-8)
-    if config.mixed_precision == "mixed_float16":
+    if config.model.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # The Trainer scales the loss.
     optimizer.build(model.trainable_variables)
     return optimizer
@@ -318,8 +411,8 @@ def parse_iters_schedule(entries, total, default_iters):
 
 def iters_schedule(config, total):
     """The run's `parse_iters_schedule` schedule, or None for a one-shot decoder (no inner steps)."""
-    schedule = parse_iters_schedule(config.iters_schedule, total, config.iters)
-    return schedule if decoders.has_inner_loop(config.decoder) else None
+    schedule = parse_iters_schedule(config.optimization.iters_schedule, total, config.model.inner.iters)
+    return schedule if config.model.iterative else None
 
 
 def iters_at(schedule, step):
@@ -344,24 +437,25 @@ def _step_of(text, total):
 
 def learning_rate(config, total):
     """--learning_rate, as a schedule if --learning_rate_drops is set."""
+    optimization = config.optimization
     try:
-        drops = sorted({_step_of(text, total) for text in config.learning_rate_drops})
+        drops = sorted({_step_of(text, total) for text in optimization.learning_rate_drops})
     except ValueError:
         raise ValueError(
-            f"--learning_rate_drops={','.join(config.learning_rate_drops)}: every entry must be a step "
+            f"--learning_rate_drops={','.join(optimization.learning_rate_drops)}: every entry must be a step "
             ">= 0 or a percentage in [0, 100]% (e.g. 90%)."
         ) from None
     if not drops:
-        return config.learning_rate
-    values = [config.learning_rate * 0.1**i for i in range(len(drops) + 1)]
+        return optimization.learning_rate
+    values = [optimization.learning_rate * 0.1**i for i in range(len(drops) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(drops, values)
 
 
 def make_strategy(config):
     """The `tf.distribute` strategy of --strategy."""
-    if config.strategy == "mirrored":
+    if config.run.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if config.strategy == "multi_worker":
+    if config.run.strategy == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -374,7 +468,7 @@ def eval_iters(config, iterative=None):
         iterative: Whether the model runs an inner loop (a built model's
             `iterative`); default: whether --decoder's does.
     """
-    values = sorted({int(v) for v in config.eval_iters})
+    values = sorted({int(v) for v in config.evaluation.eval_iters})
     if iterative is None:
-        iterative = decoders.has_inner_loop(config.decoder)
+        iterative = config.model.iterative
     return values if iterative else values[:1]

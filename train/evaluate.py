@@ -26,8 +26,9 @@ def main(argv):
     model = config_lib.build_model(config)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     # Only the model and step are read; optimizer and iterator are skipped.
+    options = config.evaluation
     path = checkpoints.restore(
-        {"model": model, "step": step}, os.path.join(config.model_dir, "checkpoints"), config.checkpoint
+        {"model": model, "step": step}, os.path.join(config.run.model_dir, "checkpoints"), options.checkpoint
     )
     step = int(step)
     results = evaluation.evaluate(
@@ -36,12 +37,12 @@ def main(argv):
         set_key=config_lib.task(config).set_key,
         iters_list=config_lib.eval_iters(config, model.iterative),
     )
-    output = config.output or os.path.join(config.model_dir, f"eval_results_{step}.json")
+    output = options.output or os.path.join(config.run.model_dir, f"eval_results_{step}.json")
+    dataset, decoder = config.data.dataset, config.model.decoder
     checkpoints.write_results(
-        output,
-        {"dataset": config.dataset, "decoder": config.decoder, "checkpoint": path, "step": step, "results": results},
+        output, {"dataset": dataset, "decoder": decoder, "checkpoint": path, "step": step, "results": results}
     )
-    print(evaluation.format_table(results, f"{config.decoder} on {config.dataset}, {path}"))
+    print(evaluation.format_table(results, f"{decoder} on {dataset}, {path}"))
     print(f"Results written to {output}")
 
 

@@ -25,19 +25,20 @@ from train import config as config_lib
 def main(argv):
     del argv
     config = config_lib.from_flags()
-    checkpoint_dir = config.checkpoint_dir or os.path.join(config.model_dir, "checkpoints")
-    export_base = config.export_base or os.path.join(config.model_dir, "export")
+    options, model_dir = config.export, config.run.model_dir
+    checkpoint_dir = options.checkpoint_dir or os.path.join(model_dir, "checkpoints")
+    export_base = options.export_base or os.path.join(model_dir, "export")
     model = config_lib.build_model(config)
     # Every model variable must come from the checkpoint; optimizer slots,
     # the step and the data iterator are in it too and are not needed.
-    path = checkpoints.restore({"model": model}, checkpoint_dir, config.checkpoint)
+    path = checkpoints.restore({"model": model}, checkpoint_dir, config.evaluation.checkpoint)
     version_dir = export.export_model(
         model,
         export_base,
-        keep=config.keep_versions or None,
-        all_steps=config.all_steps,
-        save_keras=config.export_keras,
-        max_iters=config.max_iters,
+        keep=options.keep_versions or None,
+        all_steps=options.all_steps,
+        save_keras=options.export_keras,
+        max_iters=options.max_iters,
     )
     print(f"Exported {path} to {version_dir}", flush=True)
 

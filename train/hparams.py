@@ -1,7 +1,7 @@
 """A run's settings on TensorBoard's HParams dashboard, and its final metrics as the run's results.
 
 Each run writes, into its own `--model_dir/hparams` folder, the HParams plugin's
-session-start record (every setting of the run's `RunConfig` that changes what is
+session-start record (every flag of the run's `RunConfig`, `as_flags()`, that changes what is
 trained, as the plugin's bool / number / string values) and, at the end, its
 results as scalars `results/<metric>/iters_<n>` (the final evaluation) and
 `results/train_loss` in the same folder. No experiment config (`hparams_config`) is
@@ -12,7 +12,6 @@ holds just these results. So `tensorboard --logdir runs` shows every run under
 `runs/` as a row (DSPN vs MLP, inner-loop options side by side).
 """
 
-import dataclasses
 import os
 
 import tensorflow as tf
@@ -21,8 +20,8 @@ from tensorboard.plugins.hparams import api as hp
 # The session's folder in the run directory (a TensorBoard run of its own).
 RUN = "hparams"
 
-# RunConfig fields that do not change what is trained: paths, logging cadences and
-# the options of the evaluate / export entry points.
+# Flags that do not change what is trained: paths, logging cadences and the options of
+# the evaluate / export / pictures entry points.
 _NOT_SETTINGS = frozenset(
     {
         "tfds_data_dir",
@@ -44,9 +43,6 @@ _NOT_SETTINGS = frozenset(
         "export_keras",
         "max_iters",
         "picture_examples",
-        "flagfile",
-        "overrides",
-        "flags_text",
     }
 )
 
@@ -61,7 +57,7 @@ def _value(value):
 
 
 def settings_of(config, loss_settings, *, total_steps, train_examples):
-    """The run's settings as HParams values: `config`'s training fields, the resolved loss and the budget.
+    """The run's settings as HParams values: `config`'s training flags, the resolved loss and the budget.
 
     Args:
         config: The run's `RunConfig`.
@@ -73,11 +69,7 @@ def settings_of(config, loss_settings, *, total_steps, train_examples):
     Returns:
         A dict of setting name to bool, int, float or str (settings that are None are left out).
     """
-    values = {
-        field.name: _value(getattr(config, field.name))
-        for field in dataclasses.fields(config)
-        if field.name not in _NOT_SETTINGS
-    }
+    values = {flag: _value(value) for flag, value in config.as_flags().items() if flag not in _NOT_SETTINGS}
     values.update(
         loss=loss_settings.loss,
         loss_all_steps=loss_settings.all_steps,

@@ -93,8 +93,8 @@ class Loop:
         if self.chief:  # Also without a checkpoint: a run killed before its first one logged steps too.
             self._drop_stale_summaries(int(self.step))
         if self.chief:
-            self.train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
-            self.eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval"))
+            self.train_writer = tf.summary.create_file_writer(os.path.join(config.run.model_dir, "train"))
+            self.eval_writer = tf.summary.create_file_writer(os.path.join(config.run.model_dir, "eval"))
         else:
             self.train_writer = self.eval_writer = tf.summary.create_noop_writer()
         self.picture_batch = next(iter(eval_dataset))
@@ -102,7 +102,11 @@ class Loop:
         self._stop_signal = None
 
     def _evaluation_due(self, current):
-        return bool(self.config.eval_every) and current % self.config.eval_every == 0 and current != self.total_steps
+        return (
+            bool(self.config.run.eval_every)
+            and current % self.config.run.eval_every == 0
+            and current != self.total_steps
+        )
 
     def _drop_stale_summaries(self, current):
         """Removes what a killed run logged after its last checkpoint (step `current`, 0 if none): it is redone.
@@ -112,7 +116,7 @@ class Loop:
         by `run`, the final one by the entry point), so it is dropped as well. The
         temporary folders of checkpoint saves it was killed in go too.
         """
-        model_dir = self.config.model_dir
+        model_dir = self.config.run.model_dir
         checkpoints.remove_interrupted_saves(os.path.join(model_dir, "checkpoints"))
         dropped = summaries.purge_after(os.path.join(model_dir, "train"), current)
         redo_eval = self._evaluate_on_resume or current == self.total_steps
@@ -132,7 +136,7 @@ class Loop:
             "step": self.step,
             "iterator": self.iterator,
         }
-        shared_dir = os.path.join(self.config.model_dir, "checkpoints")
+        shared_dir = os.path.join(self.config.run.model_dir, "checkpoints")
         latest = checkpoints.restore(state, shared_dir, required=False, partial=False, resume=True)
         if latest:
             print(f"Resumed from {latest} at step {int(self.step)}.", flush=True)
@@ -140,15 +144,15 @@ class Loop:
         # but only the chief into the run directory (the others into scratch).
         own_dir = shared_dir
         if not self.chief:
-            own_dir = os.path.join(self.config.model_dir, f".worker-{os.getpid()}", "checkpoints")
+            own_dir = os.path.join(self.config.run.model_dir, f".worker-{os.getpid()}", "checkpoints")
         return tf.train.CheckpointManager(
-            tf.train.Checkpoint(**state), own_dir, max_to_keep=self.config.keep_checkpoints
+            tf.train.Checkpoint(**state), own_dir, max_to_keep=self.config.run.keep_checkpoints
         )
 
     def run(self):
         """Trains from the current step to `total_steps`; returns the running-mean loss."""
         config = self.config
-        progbar = progress.bar(self.total_steps, enabled=config.progress)
+        progbar = progress.bar(self.total_steps, enabled=config.run.progress)
         progbar.update(int(self.step))
         start, first_step, running = time.time(), int(self.step), None
         previous_handler = self._catch_sigterm()
@@ -181,7 +185,7 @@ class Loop:
 
     def _worker_lost(self, error):
         """The `WorkerLostError` of a collective step or save that failed because another worker is gone."""
-        shared = os.path.join(self.config.model_dir, "checkpoints")
+        shared = os.path.join(self.config.run.model_dir, "checkpoints")
         latest = tf.train.latest_checkpoint(shared)
         lines = [line.strip() for line in (getattr(error, "message", None) or str(error)).splitlines() if line.strip()]
         # TF's message starts with the op's Python stack; the lines naming the peer are what helps.
@@ -251,7 +255,7 @@ class Loop:
         iters = config_lib.iters_at(self.schedule, int(self.step))
         batch = next(self.iterator)
         if self.trainer.workers > 1:  # A global batch (config.train_batches): this worker's rows of it.
-            rows = self.config.batch_size // self.trainer.workers
+            rows = self.config.optimization.batch_size // self.trainer.workers
             start = self.trainer.worker_index * rows
             batch = tf.nest.map_structure(lambda t: t[start : start + rows], batch)
         values = self.trainer.train_step(self.trainer.split(batch), iters=iters)
@@ -272,15 +276,15 @@ class Loop:
     def _after_step(self, current, values):
         """Summaries, pictures, checkpoints and evaluation due at step `current`."""
         config, last = self.config, current == self.total_steps
-        if current % config.log_every == 0 or last:
+        if current % config.run.log_every == 0 or last:
             with self.train_writer.as_default(step=current):
                 self._write_scalars(values)
-        if (config.image_every and current % config.image_every == 0) or last:
+        if (config.run.image_every and current % config.run.image_every == 0) or last:
             with self.train_writer.as_default(step=current):
                 write_pictures(self.trainer.model, self.picture_batch, config_lib.task(config), current)
-        if current % config.checkpoint_every == 0 or last:
+        if current % config.run.checkpoint_every == 0 or last:
             self._save(current)
-        if config.eval_every and current % config.eval_every == 0 and not last:
+        if config.run.eval_every and current % config.run.eval_every == 0 and not last:
             self.evaluate()
 
     def _write_scalars(self, values):

@@ -59,7 +59,7 @@ def stack_rows(rows, gap=4):
 
 def load_baseline(config):
     """The model of the run in --baseline_model_dir (from its flags.txt), restored from its newest checkpoint."""
-    folder = config.baseline_model_dir
+    folder = config.pictures.baseline_model_dir
     flags_file = os.path.join(folder, "flags.txt")
     if not os.path.isfile(flags_file):
         raise FileNotFoundError(
@@ -69,7 +69,7 @@ def load_baseline(config):
     mine, theirs = config_lib.task(config), config_lib.task(other)
     if (mine.set_key, mine.set_size, mine.set_channels) != (theirs.set_key, theirs.set_size, theirs.set_channels):
         raise ValueError(
-            f"train.pictures: --baseline_model_dir={folder} is a {other.dataset} run; this run is {config.dataset}."
+            f"train.pictures: --baseline_model_dir={folder} is a {other.data.dataset} run; this run is {config.data.dataset}."
         )
     model = config_lib.build_model(other)
     checkpoints.restore({"model": model}, os.path.join(folder, "checkpoints"), None)
@@ -79,24 +79,24 @@ def load_baseline(config):
 def main(argv):
     del argv
     config = config_lib.from_flags()
-    if not config.output:
+    output = config.evaluation.output
+    if not output:
         raise ValueError("train.pictures: set --output to the PNG file to write.")
     model = config_lib.build_model(config)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     path = checkpoints.restore(
-        {"model": model, "step": step}, os.path.join(config.model_dir, "checkpoints"), config.checkpoint
+        {"model": model, "step": step}, os.path.join(config.run.model_dir, "checkpoints"), config.evaluation.checkpoint
     )
-    baseline = load_baseline(config) if config.baseline_model_dir else None
+    baseline = load_baseline(config) if config.pictures.baseline_model_dir else None
     batch = next(iter(config_lib.eval_batches(config)))
     iters = max(config_lib.eval_iters(config, model.iterative))
     picture = stack_rows(
-        progression_rows(model, batch, config_lib.task(config), iters, config.picture_examples, baseline)
+        progression_rows(model, batch, config_lib.task(config), iters, config.pictures.picture_examples, baseline)
     )
-    os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
-    tf.io.write_file(config.output, tf.io.encode_png(picture))
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tf.io.write_file(output, tf.io.encode_png(picture))
     print(
-        f"Wrote {picture.shape[1]}x{picture.shape[0]} px of {path} (step {int(step)}, {iters} inner steps) to "
-        f"{config.output}"
+        f"Wrote {picture.shape[1]}x{picture.shape[0]} px of {path} (step {int(step)}, {iters} inner steps) to {output}"
     )
 
 

@@ -17,7 +17,7 @@ from absl import app, logging
 
 from dspn_tf import evaluation
 from dspn_tf.training import Trainer
-from train import checkpoints, decoders, hparams
+from train import checkpoints, hparams
 from train import config as config_lib
 from train.loop import Loop, NonFiniteLossError, WorkerLostError
 
@@ -30,9 +30,9 @@ def main(argv):
     config_lib.set_seeds(config)
     strategy = config_lib.make_strategy(config)
     settings = config_lib.loss_settings(config)
-    os.makedirs(config.model_dir, exist_ok=True)
+    os.makedirs(config.run.model_dir, exist_ok=True)
     # Temp + rename: a run killed here leaves the previous flags.txt whole.
-    flags_path = os.path.join(config.model_dir, "flags.txt")
+    flags_path = os.path.join(config.run.model_dir, "flags.txt")
     with open(flags_path + ".tmp", "w") as f:
         f.write(config.flags_text)
     os.replace(flags_path + ".tmp", flags_path)
@@ -40,7 +40,7 @@ def main(argv):
     train_ds, train_size = config_lib.train_batches(config, strategy)
     total = config_lib.total_steps(config, train_size)
     schedule = config_lib.iters_schedule(config, total)
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    keras.mixed_precision.set_global_policy(config.model.mixed_precision)
     with strategy.scope():
         model = config_lib.build_model(config)
         optimizer = config_lib.build_optimizer(config, model, total)
@@ -48,52 +48,51 @@ def main(argv):
         model,
         optimizer,
         settings,
-        global_batch_size=config.batch_size,
+        global_batch_size=config.optimization.batch_size,
         strategy=strategy,
-        run_eagerly=config.run_eagerly,
-        jit_compile=config.jit_compile,
+        run_eagerly=config.run.run_eagerly,
+        jit_compile=config.run.jit_compile,
     )
     loop = Loop(config, trainer, iter(train_ds), config_lib.eval_batches(config), total_steps=total, schedule=schedule)
     print(describe_run(config, model, train_size, total), flush=True)
     if loop.chief:  # The settings on TensorBoard's HParams dashboard (train/hparams.py).
         hparams.log_settings(
-            config.model_dir, hparams.settings_of(config, settings, total_steps=total, train_examples=train_size)
+            config.run.model_dir, hparams.settings_of(config, settings, total_steps=total, train_examples=train_size)
         )
     train_loss = loop.run()
     if loop.chief:
-        results = loop.evaluate() if config.evaluate_at_end else {}
+        results = loop.evaluate() if config.run.evaluate_at_end else {}
         if results:
             report(config, results, int(loop.step))
-        hparams.log_results(config.model_dir, results, step=int(loop.step), train_loss=train_loss)
+        hparams.log_results(config.run.model_dir, results, step=int(loop.step), train_loss=train_loss)
 
 
 def describe_run(config, model, train_size, total):
     """What the run uses, printed before the first step: data, model size, step budget."""
-    source = config.data_source
+    data, batch_size = config.data, config.optimization.batch_size
+    source = data.data_source
     if source in ("generated", "tfds") or config_lib.task(config).caches_folders:
         source += f", cache {config_lib.cache_dir(config)}"
-    inner = f", {config.iters} inner steps" if model.iterative else ""
-    epochs = total * config.batch_size / train_size
+    inner = f", {config.model.inner.iters} inner steps" if model.iterative else ""
+    epochs = total * batch_size / train_size
     return "\n".join(
         [
-            f"Data: {config.dataset} from {source}: {train_size:,} training examples.",
-            f"Model: {type(model).__name__} with a {config.decoder} decoder{inner}, {model.count_params():,} parameters.",
-            f"Budget: {total:,} steps of batch {config.batch_size} ({epochs:.1f} epochs); "
-            f"run directory {config.model_dir}.",
+            f"Data: {data.dataset} from {source}: {train_size:,} training examples.",
+            f"Model: {type(model).__name__} with a {config.model.decoder} decoder{inner}, "
+            f"{model.count_params():,} parameters.",
+            f"Budget: {total:,} steps of batch {batch_size} ({epochs:.1f} epochs); "
+            f"run directory {config.run.model_dir}.",
         ]
     )
 
 
 def report(config, results, step):
     """Writes `eval_results.json` and prints the table and what to run next."""
-    path = os.path.join(config.model_dir, "eval_results.json")
-    checkpoints.write_results(
-        path, {"dataset": config.dataset, "decoder": config.decoder, "step": step, "results": results}
-    )
+    dataset, decoder = config.data.dataset, config.model.decoder
+    path = os.path.join(config.run.model_dir, "eval_results.json")
+    checkpoints.write_results(path, {"dataset": dataset, "decoder": decoder, "step": step, "results": results})
     examples = next(iter(results.values()))["num_examples"]
-    print(
-        evaluation.format_table(results, f"{config.decoder} on {config.dataset}, step {step}, {examples} eval examples")
-    )
+    print(evaluation.format_table(results, f"{decoder} on {dataset}, step {step}, {examples} eval examples"))
     print(f"Results written to {path}")
     print(next_steps(config))
 
@@ -119,11 +118,11 @@ def next_steps(config):
     `--train_steps`), so the baseline gets the same data and budget and the export
     rebuilds the same model; the baseline keeps its own flagfile's `--model_dir`.
     """
-    flagfile, model_dir = config.flagfile, config.model_dir
+    flagfile, model_dir = config.flagfile, config.run.model_dir
     extra = "".join(" " + shlex.quote(a) for a in _without_model_dir(config.overrides))
     measured = config_lib.task(config).metric
     lines = [f"TensorBoard (losses, {measured}, pictures of every inner step): tensorboard --logdir {model_dir}"]
-    if flagfile and decoders.has_inner_loop(config.decoder) and flagfile.endswith("_dspn.cfg"):
+    if flagfile and config.model.iterative and flagfile.endswith("_dspn.cfg"):
         baseline = flagfile[: -len("_dspn.cfg")] + "_mlp.cfg"
         if os.path.isfile(baseline):
             lines.insert(0, f"MLP baseline with the same budget: python -m train.train --flagfile={baseline}{extra}")
