@@ -49,6 +49,12 @@ class DSPN(keras.layers.Layer):
     independent of the batch size; lr 25 equals the reference's 800 / 32.
     The mask is clipped to [0, 1] after every step.
 
+    The loop is made of parts (`dspn_tf.inner`, docs/algorithm.md §4): the
+    objective, the inner optimiser (a chain of transforms such as clipping
+    and momentum), the projection after every step, the stopping rule and
+    the starting set. Each can be passed as an object; the keywords below are
+    shorthands for the built-in ones, as Keras accepts `activation="relu"`.
+
     The defaults are the DSPN paper's algorithm: a learned starting set
     (initialised U[0, 1)) and mask (0.5) shared by the batch, the Huber
     mismatch, plain gradient steps of size 25, and exact second-order
@@ -67,45 +73,53 @@ class DSPN(keras.layers.Layer):
         gradient: How training differentiates the inner loop.
             `"unrolled"`: through every step, second order (the paper).
             `"implicit"`: iDSPN's approximate implicit differentiation. The
-            first `iters - 1` steps keep no graph; the outer gradient is that
-            of one plain step `Y_T = stop(Y_{T-1}) - lr * dL/dY` (and the same
-            for the clipped mask) from the detached previous set, with
-            respect to every weight and to z. Momentum, clipping and early
-            stopping shape the forward steps (and so the output's value) but
-            not this gradient. Memory and backward cost do not grow with
-            `iters`. Only the final step carries gradients, so a training
-            loss must score the final step only. A learned starting set then
-            gets gradient only through `start_regularizer` (the last step
-            starts from a detached set); with `start_regularizer=0` the
-            starting set and mask are created non-trainable and keep their
-            initial values, so that no optimizer sees variables without
-            gradients.
-        momentum: Heavy-ball momentum of the inner steps, in [0, 1)
+            first `iters - 1` steps keep no graph; the last step's value is
+            that of a full `step` (every part applies), and its outer
+            gradient is that of one plain step `Y_T = stop(Y_{T-1}) - lr * dL/dY`
+            (projected like every step) from the detached previous set, with
+            respect to every weight and to z. Memory and backward cost do not
+            grow with `iters`. Only the final step carries gradients, so a
+            training loss must score the final step only. The starting set
+            then gets gradient only through objective terms that use it (the
+            start regulariser); without one, its weights are created
+            non-trainable, so that no optimizer sees variables without gradients.
+        momentum: Shorthand: momentum of the inner steps, in [0, 1)
             (iDSPN: 0.9). The velocity starts at zero.
-        nesterov: With `momentum > 0`, take Nesterov steps (iDSPN) rather
-            than heavy-ball ones.
-        clip: If set, each sample's inner gradient is scaled down to at most
-            this L2 norm, taken over all of that sample's set and mask
-            entries, before the step (iDSPN: 10 on CLEVR). The scale factor
-            is a constant to backpropagation, as in iDSPN.
-        inner_loss: `"huber"` (the paper: Huber with delta 1, latent mean) or
-            `"mse"` (iDSPN: 0.5 * squared error, latent mean).
-        starting_set: `"learned"` (the paper) or `"random"`: every sample
-            starts from its own N(0, 0.1²) set (iDSPN). The mask starts from
-            the learned starting mask in both cases.
-        start_regularizer: Weight of `0.5 * ||[Y, m] - [Y_0, m_0]||²` (summed
-            over the sample's set and mask entries) added to each sample's
-            inner objective, which keeps the set near its start (iDSPN's
-            random-set auto-encoder: 0.1 on a mean over entries, i.e.
-            0.1 / (N * (C + 1)) here). 0 disables it.
-        tolerance: If set, a sample whose inner objective is below this
-            value stops moving (per-sample early stopping); the loop still
-            runs at most `iters` steps, and a graph loop (tensor `iters`)
-            ends as soon as every sample has stopped.
+        nesterov: Shorthand: with `momentum > 0`, take Nesterov steps (iDSPN)
+            rather than heavy-ball ones.
+        clip: Shorthand: if set, each sample's inner gradient is scaled down
+            to at most this L2 norm, taken over all of that sample's set and
+            mask entries, before the step (iDSPN: 10 on CLEVR). The scale
+            factor is a constant to backpropagation, as in iDSPN.
+        inner_loss: Shorthand: `"huber"` (the paper: Huber with delta 1,
+            latent mean) or `"mse"` (iDSPN: 0.5 * squared error, latent mean).
+        starting_set: `"learned"` (the paper), `"random"` (every sample
+            starts from its own N(0, 0.1²) set, iDSPN; the mask starts from
+            the learned starting mask), `"mlp"` (an MLP head predicts each
+            sample's start from z; `dspn_tf.inner.MLPStart`), or a
+            `dspn_tf.inner.StartingSet`.
+        start_regularizer: Shorthand: weight of
+            `0.5 * ||[Y, m] - [Y_0, m_0]||²` (summed over the sample's set and
+            mask entries) added to each sample's inner objective, which keeps
+            the set near its start (iDSPN's random-set auto-encoder: 0.1 on a
+            mean over entries, i.e. 0.1 / (N * (C + 1)) here). 0 disables it.
+        tolerance: Shorthand: if set, a sample whose inner objective is below
+            this value stops moving (per-sample early stopping); the loop
+            still runs at most `iters` steps, and a graph loop (tensor
+            `iters`) ends as soon as every sample has stopped.
         seed: Seed of the random starting sets. At inference (`training=False`)
             the same seed and inputs give the same outputs, which makes
             evaluation and serving reproducible; in training every call
             draws new noise.
+        objective: A `dspn_tf.inner.Objective` (or any callable
+            `(embedding, z, set, mask, start) -> [batch]` with `get_config`),
+            in place of `inner_loss` / `start_regularizer`.
+        optimizer: A `dspn_tf.inner.InnerTransform` (e.g.
+            `chain(ClipPerSample(10), Momentum(0.9))`), in place of
+            `momentum` / `nesterov` / `clip`.
+        projection: A `dspn_tf.inner.Projection` applied to the start and
+            after every step (default `ClipMask`: the mask to [0, 1]).
+        stopping: A `dspn_tf.inner.StoppingRule`, in place of `tolerance`.
 
     Call arguments:
         inputs: Target embedding z, `[batch, latent]`.
@@ -122,7 +136,7 @@ class DSPN(keras.layers.Layer):
         and `grad_norms` `[iters, batch]` (per-sample inner objective before
         each step and the norm of its unclipped set gradient), and `steps`
         `[batch]` int32, the steps each sample took (`iters` unless
-        `tolerance` stopped it earlier).
+        the stopping rule stopped it earlier).
 
     Example:
 
