@@ -76,8 +76,9 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
     "starting_set",
     "learned",
-    ["learned", "random"],
-    "Starting set: learned and shared (the paper) or per-sample N(0, 0.1^2) noise seeded by --seed (iDSPN).",
+    ["learned", "random", "mlp"],
+    "Starting set: learned and shared (the paper), per-sample N(0, 0.1^2) noise seeded by --seed (iDSPN), or "
+    "predicted from z by an MLP head of width --decoder_dim (default --dim) that the inner loop refines.",
 )
 flags.DEFINE_float(
     "start_regularizer", 0.0, "Weight of 0.5 * ||[set, mask] - start||^2 in the inner objective (0: off)."
