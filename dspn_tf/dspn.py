@@ -526,14 +526,12 @@ def _start_shorthand(start, seed):
 def _float32_compute(encoder):
     """Makes a mixed-precision encoder and its sub-layers compute in their variable dtype.
 
-    The inner gradient is ill-conditioned in low precision: at set-MNIST size
-    on untrained weights, bfloat16 compute gives it a 13.5 % relative error
-    (rounding only the set to bfloat16 already moves it by 6 %, as ranks in
-    FSPool and ReLU gates change), and float16 flushes 29 % of its entries,
-    of order 1e-7, to zero. So the encoder evaluates the inner objective in
-    float32; elsewhere (target sets, image encoders) it keeps the policy.
-    Layers read their compute dtype while tracing, so this costs nothing at
-    run time.
+    The inner gradient is ill-conditioned in low precision (ranks in FSPool
+    and ReLU gates change when the set is rounded; float16 flushes its small
+    entries to zero; benchmarks/README.md has the measured errors), so the
+    encoder evaluates the inner objective in float32; elsewhere (target sets,
+    image encoders) it keeps the policy. Layers read their compute dtype while
+    tracing, so this costs nothing at run time.
     """
     layers = [encoder, *encoder._flatten_layers(include_self=False)]
     mixed = [layer for layer in layers if layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype]
