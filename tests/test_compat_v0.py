@@ -42,6 +42,18 @@ KERAS_MODELS = ["ae_default", "ae_idspn", "ae_rnfs", "image_rnfs_conv"]
 ATOL = 1e-6
 # A model with other weights is further off than this.
 DIFFERENT = 1e-3
+# The iDSPN options of the fixture `ae_idspn` (tests/data/make_v0_fixtures.py).
+IDSPN_OPTIONS = {
+    "gradient": "implicit",
+    "momentum": 0.9,
+    "nesterov": True,
+    "clip": 10.0,
+    "inner_loss": "mse",
+    "starting_set": "random",
+    "seed": 3,
+    "start_regularizer": 0.1,
+    "tolerance": 1e-4,
+}
 # The exported model's iters (DSPN's default), the default of its signatures' `iters`.
 EXPORT_TRAINED_ITERS = 10
 
@@ -106,20 +118,26 @@ def test_keras_file_loads_with_v0_outputs(name, manifest, expected):
 
 
 def test_keras_files_keep_their_settings():
+    # Through get_config, the public form of a layer's settings.
     default = keras.models.load_model(os.path.join(FIXTURES, "ae_default.keras"))
     assert default.shares_encoder and isinstance(default.encoder, dspn_tf.FSEncoder)
     # Saved compiled: the optimizer comes back with its state (two `fit` steps).
     assert isinstance(default.optimizer, optimizers.Adam)
     assert int(default.optimizer.iterations) == 2
-    decoder = default.decoder
-    assert (decoder.iters, decoder.lr, decoder.gradient, decoder.starting_set_kind) == (10, 25.0, "unrolled", "learned")
+    config = default.decoder.get_config()
+    assert {key: config[key] for key in ("iters", "lr", "gradient", "starting_set", "momentum", "clip")} == {
+        "iters": 10,
+        "lr": 25.0,
+        "gradient": "unrolled",
+        "starting_set": "learned",
+        "momentum": 0.0,
+        "clip": None,
+    }
 
     idspn = keras.models.load_model(os.path.join(FIXTURES, "ae_idspn.keras"))
-    decoder = idspn.decoder
-    assert decoder.gradient == "implicit" and decoder.momentum == 0.9 and decoder.nesterov
-    assert decoder.clip == 10.0 and decoder.inner_loss == "mse" and decoder.starting_set_kind == "random"
-    assert decoder.seed == 3 and decoder.start_regularizer == 0.1 and decoder.tolerance == 1e-4
-    assert (decoder.iters, decoder.lr) == (6, 1.0)
+    config = idspn.decoder.get_config()
+    assert {key: config[key] for key in IDSPN_OPTIONS} == IDSPN_OPTIONS
+    assert (config["iters"], config["lr"]) == (6, 1.0)
     assert not idspn.loss_settings.all_steps
 
     rnfs = keras.models.load_model(os.path.join(FIXTURES, "ae_rnfs.keras"))
