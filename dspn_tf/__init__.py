@@ -3,7 +3,7 @@
 from dspn_tf import losses, optimizers
 from dspn_tf.baselines import LSTMDecoder, MLPDecoder
 from dspn_tf.dspn import DSPN
-from dspn_tf.encoders import FSEncoder, RNFSEncoder
+from dspn_tf.encoders import FSEncoder, RNFSEncoder, SetEncoder
 from dspn_tf.fspool import FSPool
 from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
 from dspn_tf.models import ImageToSet, SetAutoEncoder, build_model
@@ -22,6 +22,7 @@ __all__ = [
     "ResNet18Encoder",
     "ResNet34Encoder",
     "SetAutoEncoder",
+    "SetEncoder",
     "build_model",
     "losses",
     "optimizers",

@@ -8,20 +8,19 @@ step from the detached previous set (iDSPN, Zhang et al., ICLR 2022).
 """
 
 import contextlib
+import numbers
 
 import keras
 import tensorflow as tf
 
 from dspn_tf import checks
-from dspn_tf.losses import huber
+from dspn_tf.inner import objectives, optimizers, projections, starts
+from dspn_tf.inner import stopping as stopping_rules
+from dspn_tf.inner.config import GRADIENTS, INNER_LOSSES, STARTING_SETS, InnerLoopConfig
+from dspn_tf.inner.starts import RANDOM_START_STDDEV
+from dspn_tf.inner.state import LoopState, initial_state
 
-GRADIENTS = ("unrolled", "implicit")
-INNER_LOSSES = ("huber", "mse")
-STARTING_SETS = ("learned", "random")
-# iDSPN's random starting set: per-sample N(0, 0.1^2) noise.
-RANDOM_START_STDDEV = 0.1
-# Added to a sample's gradient norm before dividing by it when clipping (as iDSPN does).
-_CLIP_EPSILON = 1e-6
+__all__ = ["DSPN", "GRADIENTS", "INNER_LOSSES", "RANDOM_START_STDDEV", "STARTING_SETS", "decoder_output"]
 
 
 def decoder_output(sets, masks, inner_losses, grad_norms, steps=None):
@@ -50,6 +49,12 @@ class DSPN(keras.layers.Layer):
     independent of the batch size; lr 25 equals the reference's 800 / 32.
     The mask is clipped to [0, 1] after every step.
 
+    The loop is made of parts (`dspn_tf.inner`, docs/algorithm.md §4): the
+    objective, the inner optimiser (a chain of transforms such as clipping
+    and momentum), the projection after every step, the stopping rule and
+    the starting set. Each can be passed as an object; the keywords below are
+    shorthands for the built-in ones, as Keras accepts `activation="relu"`.
+
     The defaults are the DSPN paper's algorithm: a learned starting set
     (initialised U[0, 1)) and mask (0.5) shared by the batch, the Huber
     mismatch, plain gradient steps of size 25, and exact second-order
@@ -68,45 +73,53 @@ class DSPN(keras.layers.Layer):
         gradient: How training differentiates the inner loop.
             `"unrolled"`: through every step, second order (the paper).
             `"implicit"`: iDSPN's approximate implicit differentiation. The
-            first `iters - 1` steps keep no graph; the outer gradient is that
-            of one plain step `Y_T = stop(Y_{T-1}) - lr * dL/dY` (and the same
-            for the clipped mask) from the detached previous set, with
-            respect to every weight and to z. Momentum, clipping and early
-            stopping shape the forward steps (and so the output's value) but
-            not this gradient. Memory and backward cost do not grow with
-            `iters`. Only the final step carries gradients, so a training
-            loss must score the final step only. A learned starting set then
-            gets gradient only through `start_regularizer` (the last step
-            starts from a detached set); with `start_regularizer=0` the
-            starting set and mask are created non-trainable and keep their
-            initial values, so that no optimizer sees variables without
-            gradients.
-        momentum: Heavy-ball momentum of the inner steps, in [0, 1)
+            first `iters - 1` steps keep no graph; the last step's value is
+            that of a full `step` (every part applies), and its outer
+            gradient is that of one plain step `Y_T = stop(Y_{T-1}) - lr * dL/dY`
+            (projected like every step) from the detached previous set, with
+            respect to every weight and to z. Memory and backward cost do not
+            grow with `iters`. Only the final step carries gradients, so a
+            training loss must score the final step only. The starting set
+            then gets gradient only through objective terms that use it (the
+            start regulariser); without one, its weights are created
+            non-trainable, so that no optimizer sees variables without gradients.
+        momentum: Shorthand: momentum of the inner steps, in [0, 1)
             (iDSPN: 0.9). The velocity starts at zero.
-        nesterov: With `momentum > 0`, take Nesterov steps (iDSPN) rather
-            than heavy-ball ones.
-        clip: If set, each sample's inner gradient is scaled down to at most
-            this L2 norm, taken over all of that sample's set and mask
-            entries, before the step (iDSPN: 10 on CLEVR). The scale factor
-            is a constant to backpropagation, as in iDSPN.
-        inner_loss: `"huber"` (the paper: Huber with delta 1, latent mean) or
-            `"mse"` (iDSPN: 0.5 * squared error, latent mean).
-        starting_set: `"learned"` (the paper) or `"random"`: every sample
-            starts from its own N(0, 0.1²) set (iDSPN). The mask starts from
-            the learned starting mask in both cases.
-        start_regularizer: Weight of `0.5 * ||[Y, m] - [Y_0, m_0]||²` (summed
-            over the sample's set and mask entries) added to each sample's
-            inner objective, which keeps the set near its start (iDSPN's
-            random-set auto-encoder: 0.1 on a mean over entries, i.e.
-            0.1 / (N * (C + 1)) here). 0 disables it.
-        tolerance: If set, a sample whose inner objective is below this
-            value stops moving (per-sample early stopping); the loop still
-            runs at most `iters` steps, and a graph loop (tensor `iters`)
-            ends as soon as every sample has stopped.
+        nesterov: Shorthand: with `momentum > 0`, take Nesterov steps (iDSPN)
+            rather than heavy-ball ones.
+        clip: Shorthand: if set, each sample's inner gradient is scaled down
+            to at most this L2 norm, taken over all of that sample's set and
+            mask entries, before the step (iDSPN: 10 on CLEVR). The scale
+            factor is a constant to backpropagation, as in iDSPN.
+        inner_loss: Shorthand: `"huber"` (the paper: Huber with delta 1,
+            latent mean) or `"mse"` (iDSPN: 0.5 * squared error, latent mean).
+        starting_set: `"learned"` (the paper), `"random"` (every sample
+            starts from its own N(0, 0.1²) set, iDSPN; the mask starts from
+            the learned starting mask), `"mlp"` (an MLP head predicts each
+            sample's start from z; `dspn_tf.inner.MLPStart`), or a
+            `dspn_tf.inner.StartingSet`.
+        start_regularizer: Shorthand: weight of
+            `0.5 * ||[Y, m] - [Y_0, m_0]||²` (summed over the sample's set and
+            mask entries) added to each sample's inner objective, which keeps
+            the set near its start (iDSPN's random-set auto-encoder: 0.1 on a
+            mean over entries, i.e. 0.1 / (N * (C + 1)) here). 0 disables it.
+        tolerance: Shorthand: if set, a sample whose inner objective is below
+            this value stops moving (per-sample early stopping); the loop
+            still runs at most `iters` steps, and a graph loop (tensor
+            `iters`) ends as soon as every sample has stopped.
         seed: Seed of the random starting sets. At inference (`training=False`)
             the same seed and inputs give the same outputs, which makes
             evaluation and serving reproducible; in training every call
             draws new noise.
+        objective: A `dspn_tf.inner.Objective` (or any callable
+            `(embedding, z, set, mask, start) -> [batch]` with `get_config`),
+            in place of `inner_loss` / `start_regularizer`.
+        optimizer: A `dspn_tf.inner.InnerTransform` (e.g.
+            `chain(ClipPerSample(10), Momentum(0.9))`), in place of
+            `momentum` / `nesterov` / `clip`.
+        projection: A `dspn_tf.inner.Projection` applied to the start and
+            after every step (default `ClipMask`: the mask to [0, 1]).
+        stopping: A `dspn_tf.inner.StoppingRule`, in place of `tolerance`.
 
     Call arguments:
         inputs: Target embedding z, `[batch, latent]`.
@@ -123,7 +136,7 @@ class DSPN(keras.layers.Layer):
         and `grad_norms` `[iters, batch]` (per-sample inner objective before
         each step and the norm of its unclipped set gradient), and `steps`
         `[batch]` int32, the steps each sample took (`iters` unless
-        `tolerance` stopped it earlier).
+        the stopping rule stopped it earlier).
 
     Example:
 
@@ -150,6 +163,10 @@ class DSPN(keras.layers.Layer):
         start_regularizer=0.0,
         tolerance=None,
         seed=None,
+        objective=None,
+        optimizer=None,
+        projection=None,
+        stopping=None,
         **kwargs,
     ):
         # The whole inner loop runs in the variable dtype (float32) under a
@@ -165,75 +182,56 @@ class DSPN(keras.layers.Layer):
         if not isinstance(encoder, keras.layers.Layer):
             raise ValueError(f"DSPN: `encoder` must be a Keras layer; received {type(encoder).__name__}.")
         checks.positive_ints("DSPN", set_size=set_size, set_channels=set_channels)
-        _check_iters(iters)
-        checks.choice("DSPN", "gradient", gradient, GRADIENTS)
-        checks.choice("DSPN", "inner_loss", inner_loss, INNER_LOSSES)
-        checks.choice("DSPN", "starting_set", starting_set, STARTING_SETS)
-        checks.positive_float("DSPN", lr=lr)
-        _check_inner_options(momentum, start_regularizer, clip, tolerance, seed)
+        # The shorthand keywords are checked by the one rule set they share with the flags.
+        options = InnerLoopConfig(
+            iters=iters,
+            lr=_as_float(lr),
+            gradient=gradient,
+            momentum=_as_float(momentum),
+            nesterov=bool(nesterov),
+            clip=_as_float(clip),
+            inner_loss=inner_loss,
+            starting_set=starting_set if isinstance(starting_set, str) else "learned",
+            start_regularizer=_as_float(start_regularizer),
+            tolerance=_as_float(tolerance),
+            seed=seed,
+        )
+        _only_one("objective", objective, inner_loss != "huber" or options.start_regularizer > 0)
+        _only_one("optimizer", optimizer, options.momentum > 0 or options.clip is not None)
+        _only_one("stopping", stopping, options.tolerance is not None)
         self.encoder = encoder
         self.set_size = set_size
         self.set_channels = set_channels
         self.iters = iters
-        self.lr = float(lr)
+        self.lr = options.lr
         self.gradient = gradient
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
-        self.clip = None if clip is None else float(clip)
-        self.inner_loss = inner_loss
-        self.starting_set_kind = starting_set
-        self.start_regularizer = float(start_regularizer)
-        self.tolerance = None if tolerance is None else float(tolerance)
         self.seed = seed
+        self.inner_objective = objectives.get(
+            inner_loss if objective is None else objective, start_regularizer=options.start_regularizer
+        )
+        self.inner_optimizer = (
+            optimizers.from_options(options.momentum, options.nesterov, options.clip)
+            if optimizer is None
+            else optimizers.get(optimizer)
+        )
+        self.projection = projections.get(projection)
+        self.stopping = stopping_rules.get(options.tolerance if stopping is None else stopping)
+        self.start = starts.get(starting_set, seed=seed)
         self.latent = None
 
     def build(self, input_shape):
         self.latent = input_shape[-1]
-        # With implicit gradients the start is reached only through the regulariser.
-        start_trainable = self.gradient == "unrolled" or self.start_regularizer > 0
-        if self.starting_set_kind == "learned":
-            self.starting_set = self.add_weight(
-                name="starting_set",
-                shape=(1, self.set_size, self.set_channels),
-                initializer=keras.initializers.RandomUniform(0.0, 1.0),
-                trainable=start_trainable,
-            )
-        self.starting_mask = self.add_weight(
-            name="starting_mask",
-            shape=(1, self.set_size),
-            initializer=keras.initializers.Constant(0.5),
-            trainable=start_trainable,
-        )
+        # With implicit gradients the start is reached only through terms of the objective that use it.
+        start_trainable = self.gradient == "unrolled" or bool(getattr(self.inner_objective, "terms", True))
+        self.start.build(self, self.latent, start_trainable)
         if not self.encoder.built:
             self.encoder.build((None, self.set_size, self.set_channels))
-
-    def _start(self, z, training):
-        batch = tf.shape(z)[0]
-        shape = [batch, self.set_size, self.set_channels]
-        if self.starting_set_kind == "learned":
-            start_set = tf.broadcast_to(tf.convert_to_tensor(self.starting_set), shape)  # Shape: [batch, N, C].
-        elif training:
-            start_set = tf.random.normal(shape, stddev=RANDOM_START_STDDEV, seed=self.seed, dtype=z.dtype)
-        else:
-            # Stateless: the same seed and batch give the same starting sets on every call.
-            seed = tf.constant([self.seed or 0, 0], tf.int64)
-            start_set = tf.random.stateless_normal(shape, seed=seed, stddev=RANDOM_START_STDDEV, dtype=z.dtype)
-        start_mask = tf.broadcast_to(tf.convert_to_tensor(self.starting_mask), [batch, self.set_size])
-        return start_set, tf.clip_by_value(start_mask, 0.0, 1.0)
 
     def objective(self, z, current_set, current_mask, start, training=False):
         """Per-sample inner objective `[batch]` of a set and mask (start: `(set_0, mask_0)`)."""
         with _float32_compute(self.encoder):
-            predicted = tf.cast(self.encoder(current_set, current_mask, training=training), z.dtype)
-        diff = predicted - z  # Shape: [batch, latent].
-        mismatch = huber(diff) if self.inner_loss == "huber" else 0.5 * tf.square(diff)
-        per_sample = tf.reduce_mean(mismatch, axis=-1)  # Shape: [batch].
-        if self.start_regularizer > 0:
-            start_set, start_mask = start
-            distance = tf.reduce_sum(tf.square(current_set - start_set), axis=[1, 2])
-            distance += tf.reduce_sum(tf.square(current_mask - start_mask), axis=1)
-            per_sample += self.start_regularizer * 0.5 * distance
-        return per_sample
+            embedding = tf.cast(self.encoder(current_set, current_mask, training=training), z.dtype)
+        return self.inner_objective(embedding, z, current_set, current_mask, start)
 
     def inner_gradient(self, z, current_set, current_mask, start, training=False):
         """Per-sample objective `[batch]` and its gradients with respect to the set and the mask."""
@@ -245,61 +243,44 @@ class DSPN(keras.layers.Layer):
         set_grad, mask_grad = tape.gradient(loss, [current_set, current_mask])
         return per_sample, set_grad, mask_grad
 
-    def _step(self, z, state, start, training, gradients=None):
-        """One inner step of the loop state `(set, mask, set velocity, mask velocity, active, steps)`.
+    def step(self, z, state, start, training=False, gradients=None, *, plain=False):
+        """One inner step: gradients, the optimiser's directions, the update, the projection, the stopping rule.
 
-        `gradients` are `inner_gradient`'s results at the state's set, if
-        already computed. Returns the new state, the per-sample objective
-        before the step and the norm of the unclipped set gradient.
+        Every loop (unrolled, graph and implicit) steps through this function.
+
+        Args:
+            z: Target embeddings `[batch, latent]`.
+            state: The `LoopState` before the step.
+            start: `(set_0, mask_0)`, the projected starting set and mask.
+            training: Passed to the encoder.
+            gradients: `inner_gradient`'s results at `state`, if already computed.
+            plain: Step along the gradient itself, with no optimiser and no
+                stopping (the step whose derivative iDSPN's implicit gradient uses).
+
+        Returns:
+            The new `LoopState`, the per-sample objective before the step and
+            the norm of its unclipped set gradient (both `[batch]`).
         """
-        current_set, current_mask, set_velocity, mask_velocity, active, steps = state
         if gradients is None:
-            gradients = self.inner_gradient(z, current_set, current_mask, start, training)
+            gradients = self.inner_gradient(z, state.set, state.mask, start, training)
         per_sample, set_grad, mask_grad = gradients
         grad_norm = tf.norm(tf.reshape(set_grad, [tf.shape(set_grad)[0], -1]), axis=1)  # Shape: [batch].
-        if self.clip is not None:
-            total = tf.sqrt(
-                tf.reduce_sum(tf.square(set_grad), axis=[1, 2]) + tf.reduce_sum(tf.square(mask_grad), axis=1)
-            )
-            scale = tf.stop_gradient(tf.minimum(1.0, self.clip / (total + _CLIP_EPSILON)))  # Shape: [batch].
-            set_grad = set_grad * scale[:, None, None]
-            mask_grad = mask_grad * scale[:, None]
-        if self.momentum > 0:
-            new_set_velocity = self.momentum * set_velocity + set_grad
-            new_mask_velocity = self.momentum * mask_velocity + mask_grad
-            if self.nesterov:
-                set_update = set_grad + self.momentum * new_set_velocity
-                mask_update = mask_grad + self.momentum * new_mask_velocity
-            else:
-                set_update, mask_update = new_set_velocity, new_mask_velocity
-        else:
-            new_set_velocity, new_mask_velocity = set_velocity, mask_velocity
-            set_update, mask_update = set_grad, mask_grad
-        new_set = current_set - self.lr * set_update
-        new_mask = tf.clip_by_value(current_mask - self.lr * mask_update, 0.0, 1.0)
-        if self.tolerance is not None:
-            # A stopped sample keeps its set, mask and velocity from here on.
-            active = tf.logical_and(active, per_sample >= self.tolerance)
-            keep_set, keep_mask = active[:, None, None], active[:, None]
-            new_set = tf.where(keep_set, new_set, current_set)
-            new_mask = tf.where(keep_mask, new_mask, current_mask)
-            new_set_velocity = tf.where(keep_set, new_set_velocity, set_velocity)
-            new_mask_velocity = tf.where(keep_mask, new_mask_velocity, mask_velocity)
-        steps = steps + tf.cast(active, tf.int32)
-        return (new_set, new_mask, new_set_velocity, new_mask_velocity, active, steps), per_sample, grad_norm
+        optimizer, stopping = (_PLAIN_STEPS, _NEVER) if plain else (self.inner_optimizer, self.stopping)
+        slots = () if plain else state.slots
+        (set_update, mask_update), slots = optimizer.update((set_grad, mask_grad), slots)
+        new_set, new_mask = self.projection(state.set - self.lr * set_update, state.mask - self.lr * mask_update)
+        active = stopping.update(state.active, per_sample)
+        new_state = LoopState(new_set, new_mask, slots, active, state.steps + tf.cast(active, tf.int32))
+        if stopping.can_stop:
+            # A stopped sample keeps its set, mask and optimiser state from here on.
+            moved = (new_state.set, new_state.mask, new_state.slots)
+            kept = _freeze(active, moved, (state.set, state.mask, state.slots))
+            new_state = new_state._replace(set=kept[0], mask=kept[1], slots=kept[2])
+        return new_state, per_sample, grad_norm
 
     def _initial_state(self, z, training):
-        start_set, start_mask = self._start(z, training)
-        batch = tf.shape(z)[0]
-        state = (
-            start_set,
-            start_mask,
-            tf.zeros_like(start_set),
-            tf.zeros_like(start_mask),
-            tf.ones([batch], tf.bool),
-            tf.zeros([batch], tf.int32),
-        )
-        return state, (start_set, start_mask)
+        start = self.projection(*self.start(self, z, training))
+        return initial_state(*start, self.inner_optimizer.init(*start)), start
 
     def call(self, inputs, iters=None, training=False):
         z = tf.cast(inputs, self.variable_dtype)  # The inner loop runs in float32 under mixed precision.
@@ -308,7 +289,7 @@ class DSPN(keras.layers.Layer):
             iters = self.iters
         static = isinstance(iters, int)
         if static:
-            _check_iters(iters)
+            InnerLoopConfig.check("iters", iters, owner="DSPN")
         else:
             iters = _checked_tensor_iters(iters)
         state, start = self._initial_state(z, training)
@@ -324,14 +305,14 @@ class DSPN(keras.layers.Layer):
         return self._looped(z, state, start, iters, training)
 
     def _unrolled(self, z, state, start, iters, training):
-        records = [(state[0], state[1], None, None)]
+        records = [(state.set, state.mask, None, None)]
         for _ in range(iters):
             if not training:
                 # At inference nothing needs the graph across steps.
                 state = tf.nest.map_structure(tf.stop_gradient, state)
-            state, loss, norm = self._step(z, state, start, training)
-            records.append((state[0], state[1], loss, norm))
-        return self._output(z, records, state[5])
+            state, loss, norm = self.step(z, state, start, training)
+            records.append((state.set, state.mask, loss, norm))
+        return self._output(z, records, state.steps)
 
     def _output(self, z, records, steps):
         sets, masks, losses, norms = zip(*records)
@@ -345,9 +326,13 @@ class DSPN(keras.layers.Layer):
         )
 
     def _implicit(self, z, state, start, iters, training):
-        """iDSPN training: `iters - 1` steps without a graph, then one differentiable step."""
+        """iDSPN training: `iters - 1` steps without a graph, then one differentiable step.
+
+        The last step's value is that of `step` (every part applies); its
+        gradient is that of the plain step from the same detached set.
+        """
         if isinstance(iters, int) and iters == 0:
-            return self._output(z, [(state[0], state[1], None, None)], state[5])
+            return self._output(z, [(state.set, state.mask, None, None)], state.steps)
         if not isinstance(iters, int):
             check = tf.debugging.assert_positive(iters, message="DSPN: implicit training needs `iters` >= 1")
             with tf.control_dependencies([check]):
@@ -356,52 +341,48 @@ class DSPN(keras.layers.Layer):
         # Nothing of the graph loop is on a gradient path, so TF builds no backward loop for it (a
         # zero gradient flowing into the stacked steps would still make it run one).
         out, state = tf.nest.map_structure(tf.stop_gradient, (out, state))
-        # The gradient: one plain step of size lr from the detached previous set.
-        per_sample, set_grad, mask_grad = self.inner_gradient(z, state[0], state[1], start, training)
-        plain_set = state[0] - self.lr * set_grad
-        plain_mask = tf.clip_by_value(state[1] - self.lr * mask_grad, 0.0, 1.0)
-        # The value: the forward step with momentum, clipping and early stopping.
-        detached = tf.nest.map_structure(tf.stop_gradient, (per_sample, set_grad, mask_grad))
-        next_state, loss, norm = self._step(z, state, start, training, gradients=detached)
-        if self.momentum == 0 and self.clip is None and self.tolerance is None:
-            final_set, final_mask = plain_set, plain_mask  # The same step.
-        else:
-            final_set = tf.stop_gradient(next_state[0]) + (plain_set - tf.stop_gradient(plain_set))
-            final_mask = tf.stop_gradient(next_state[1]) + (plain_mask - tf.stop_gradient(plain_mask))
+        gradients = self.inner_gradient(z, state.set, state.mask, start, training)
+        plain, _, _ = self.step(z, state, start, training, gradients, plain=True)
+        forward, loss, norm = self.step(z, state, start, training, tf.nest.map_structure(tf.stop_gradient, gradients))
+        # The value of the forward step, the gradient of the plain one.
+        final_set, final_mask = (
+            tf.stop_gradient(value) + (carrier - tf.stop_gradient(carrier))
+            for value, carrier in ((forward.set, plain.set), (forward.mask, plain.mask))
+        )
         return decoder_output(
             tf.concat([out["sets"], final_set[None]], axis=0),
             tf.concat([out["masks"], final_mask[None]], axis=0),
             tf.concat([out["inner_losses"], tf.stop_gradient(loss)[None]], axis=0),
             tf.concat([out["grad_norms"], tf.stop_gradient(norm)[None]], axis=0),
-            next_state[5],
+            forward.steps,
         )
 
     def _looped(self, z, state, start, iters, training, return_state=False):
         """The inner loop as a graph `while_loop` (no graph is kept across steps)."""
         iters = tf.convert_to_tensor(iters, tf.int32)
-        start_set, start_mask = state[0], state[1]
-        sets = tf.TensorArray(z.dtype, size=iters + 1, element_shape=start_set.shape).write(0, start_set)
-        masks = tf.TensorArray(z.dtype, size=iters + 1, element_shape=start_mask.shape).write(0, start_mask)
+        sets = tf.TensorArray(z.dtype, size=iters + 1, element_shape=state.set.shape).write(0, state.set)
+        masks = tf.TensorArray(z.dtype, size=iters + 1, element_shape=state.mask.shape).write(0, state.mask)
         losses = tf.TensorArray(z.dtype, size=iters, element_shape=z.shape[:1])
         norms = tf.TensorArray(z.dtype, size=iters, element_shape=z.shape[:1])
         start = tf.nest.map_structure(tf.stop_gradient, start)
+        can_stop = self.stopping.can_stop
 
         def body(t, state, sets, masks, losses, norms):
-            state, loss, norm = self._step(z, tf.nest.map_structure(tf.stop_gradient, state), start, training)
+            state, loss, norm = self.step(z, tf.nest.map_structure(tf.stop_gradient, state), start, training)
             return (
                 t + 1,
                 state,
-                sets.write(t + 1, state[0]),
-                masks.write(t + 1, state[1]),
+                sets.write(t + 1, state.set),
+                masks.write(t + 1, state.mask),
                 losses.write(t, loss),
                 norms.write(t, norm),
             )
 
         def more(t, state, *_):
-            if self.tolerance is None:
+            if not can_stop:
                 return t < iters
             # Every sample has stopped: the remaining steps would change nothing.
-            return tf.logical_and(t < iters, tf.reduce_any(state[4]))
+            return tf.logical_and(t < iters, tf.reduce_any(state.active))
 
         t, state, sets, masks, losses, norms = tf.while_loop(
             more, body, (tf.constant(0), state, sets, masks, losses, norms)
@@ -409,7 +390,7 @@ class DSPN(keras.layers.Layer):
         batch = tf.shape(z)[0]
 
         def padded(array, written, total):
-            if self.tolerance is None:
+            if not can_stop:
                 return array.stack()
             # Steps skipped after every sample stopped repeat the last one, as an unrolled loop would.
             values = array.gather(tf.range(written))
@@ -422,12 +403,17 @@ class DSPN(keras.layers.Layer):
             return tf.cond(t > 0, lambda: padded(array, t, iters), lambda: tf.zeros([0, batch], z.dtype))
 
         out = decoder_output(
-            padded(sets, t + 1, iters + 1), padded(masks, t + 1, iters + 1), per_step(losses), per_step(norms), state[5]
+            padded(sets, t + 1, iters + 1),
+            padded(masks, t + 1, iters + 1),
+            per_step(losses),
+            per_step(norms),
+            state.steps,
         )
         return (out, state) if return_state else out
 
     def get_config(self):
-        return {
+        """The layer's config: today's shorthand keywords where a part has one, else the part's own config."""
+        config = {
             **super().get_config(),
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "set_size": self.set_size,
@@ -435,29 +421,117 @@ class DSPN(keras.layers.Layer):
             "iters": self.iters,
             "lr": self.lr,
             "gradient": self.gradient,
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-            "clip": self.clip,
-            "inner_loss": self.inner_loss,
-            "starting_set": self.starting_set_kind,
-            "start_regularizer": self.start_regularizer,
-            "tolerance": self.tolerance,
+            "momentum": 0.0,
+            "nesterov": True,
+            "clip": None,
+            "inner_loss": "huber",
+            "starting_set": "learned",
+            "start_regularizer": 0.0,
+            "tolerance": None,
             "seed": self.seed,
         }
+        parts = (
+            ("optimizer", self.inner_optimizer, _optimizer_shorthand),
+            ("objective", self.inner_objective, _objective_shorthand),
+            ("stopping", self.stopping, _stopping_shorthand),
+            ("projection", self.projection, lambda p: {} if type(p) is projections.ClipMask else None),
+            ("starting_set", self.start, lambda s: _start_shorthand(s, self.seed)),
+        )
+        for key, part, shorthand in parts:
+            keywords = shorthand(part)
+            if keywords is None:
+                config[key] = keras.saving.serialize_keras_object(part)
+            else:
+                config.update(keywords)
+        return config
+
+
+def _as_float(value):
+    """A real number as a Python float (so NumPy scalars pass); anything else as it is, for the checks to name."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _only_one(name, part, shorthand_used):
+    if part is not None and shorthand_used:
+        raise ValueError(
+            f"DSPN: pass either `{name}` or its shorthand keywords "
+            "(optimizer: momentum / nesterov / clip; objective: inner_loss / start_regularizer; stopping: "
+            "tolerance), not both."
+        )
+
+
+def _per_sample(flags, value):
+    """`[batch]` bools reshaped to broadcast against `value` `[batch, ...]`."""
+    return tf.reshape(flags, tf.concat([tf.shape(flags), tf.ones([tf.rank(value) - 1], tf.int32)], axis=0))
+
+
+def _freeze(active, moved, kept):
+    """`moved` where the sample is active, else `kept` (matching nests of `[batch, ...]` tensors)."""
+    return tf.nest.map_structure(lambda new, old: tf.where(_per_sample(active, new), new, old), moved, kept)
+
+
+_PLAIN_STEPS = optimizers.InnerOptimizer()
+_NEVER = stopping_rules.Never()
+
+
+def _optimizer_shorthand(optimizer):
+    """`momentum` / `nesterov` / `clip` keywords of an optimiser `from_options` builds, else None."""
+    if type(optimizer) is not optimizers.InnerOptimizer:
+        return None
+    kinds = [type(t) for t in optimizer.transforms]
+    if kinds not in (
+        [],
+        [optimizers.ClipPerSample],
+        [optimizers.Momentum],
+        [optimizers.ClipPerSample, optimizers.Momentum],
+    ):
+        return None
+    keywords = {"momentum": 0.0, "nesterov": True, "clip": None}
+    for transform in optimizer.transforms:
+        if isinstance(transform, optimizers.ClipPerSample):
+            keywords["clip"] = transform.max_norm
+        else:
+            keywords.update(momentum=transform.beta, nesterov=transform.nesterov)
+    return keywords
+
+
+def _objective_shorthand(objective):
+    """`inner_loss` / `start_regularizer` keywords of an objective `objectives.get` builds, else None."""
+    if type(objective) is not objectives.Objective:
+        return None
+    terms = objective.terms
+    if terms and (len(terms) > 1 or type(terms[0]) is not objectives.StartRegularizer):
+        return None
+    return {"inner_loss": objective.mismatch, "start_regularizer": terms[0].weight if terms else 0.0}
+
+
+def _stopping_shorthand(rule):
+    if type(rule) is stopping_rules.Never:
+        return {"tolerance": None}
+    if type(rule) is stopping_rules.Tolerance:
+        return {"tolerance": rule.tolerance}
+    return None
+
+
+def _start_shorthand(start, seed):
+    name = starts.name_of(start)
+    if name == "random" and start.seed != seed:
+        return None
+    return None if name is None else {"starting_set": name}
 
 
 @contextlib.contextmanager
 def _float32_compute(encoder):
     """Makes a mixed-precision encoder and its sub-layers compute in their variable dtype.
 
-    The inner gradient is ill-conditioned in low precision: at set-MNIST size
-    on untrained weights, bfloat16 compute gives it a 13.5 % relative error
-    (rounding only the set to bfloat16 already moves it by 6 %, as ranks in
-    FSPool and ReLU gates change), and float16 flushes 29 % of its entries,
-    of order 1e-7, to zero. So the encoder evaluates the inner objective in
-    float32; elsewhere (target sets, image encoders) it keeps the policy.
-    Layers read their compute dtype while tracing, so this costs nothing at
-    run time.
+    The inner gradient is ill-conditioned in low precision (ranks in FSPool
+    and ReLU gates change when the set is rounded; float16 flushes its small
+    entries to zero; benchmarks/README.md has the measured errors), so the
+    encoder evaluates the inner objective in float32; elsewhere (target sets,
+    image encoders) it keeps the policy. Layers read their compute dtype while
+    tracing, so this costs nothing at run time.
     """
     layers = [encoder, *encoder._flatten_layers(include_self=False)]
     mixed = [layer for layer in layers if layer.dtype_policy.compute_dtype != layer.dtype_policy.variable_dtype]
@@ -469,25 +543,6 @@ def _float32_compute(encoder):
     finally:
         for layer, policy in zip(mixed, saved):
             layer.dtype_policy = policy
-
-
-def _check_inner_options(momentum, start_regularizer, clip, tolerance, seed):
-    """Raises ValueError naming the first out-of-range inner-loop option of `DSPN`."""
-    if not 0.0 <= float(momentum) < 1.0:
-        raise ValueError(f"DSPN: `momentum` must be in [0, 1); received momentum={momentum!r}.")
-    if float(start_regularizer) < 0.0:
-        raise ValueError(f"DSPN: `start_regularizer` must be >= 0; received start_regularizer={start_regularizer!r}.")
-    if clip is not None:
-        checks.positive_float("DSPN", clip=clip)
-    if tolerance is not None:
-        checks.positive_float("DSPN", tolerance=tolerance)
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ValueError(f"DSPN: `seed` must be an integer or None; received seed={seed!r}.")
-
-
-def _check_iters(iters):
-    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
-        raise ValueError(f"DSPN: `iters` must be an integer >= 0; received iters={iters!r}.")
 
 
 def _checked_tensor_iters(iters):

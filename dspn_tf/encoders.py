@@ -2,6 +2,9 @@
 
 The same encoder object encodes target sets and drives the DSPN decoder's
 inner loop, so it must be differentiable twice with respect to its inputs.
+`FSEncoder` and `RNFSEncoder` share their arguments, checks, pooling and
+configuration through the base class `SetEncoder`, which says how to add
+another.
 """
 
 import keras
@@ -18,8 +21,127 @@ def _with_mask_feature(x, mask):
     return tf.concat([x, mask[..., None]], axis=-1)  # Shape: [batch, n, C + 1].
 
 
+class SetEncoder(keras.layers.Layer):
+    """Base class of the set encoders: items of a set → Dense(latent) → FSPool → divide by the item count.
+
+    A set encoder maps a set and its mask to one `[batch, latent]`
+    embedding, invariant to the order of the elements. The encoders here
+    share the way they do it: the mask is appended to every element as one
+    more feature (`e_i = [x_i, m_i]`, so soft masks are differentiable), the
+    elements are turned into *items* of `dim` features (one per element, or
+    one per pair of elements), each item is projected to `latent` by the
+    Dense layer `project`, and FSPool (`pool`) pools the items, divided by
+    their count. This class holds that shared part: the `dim`, `latent` and
+    `n_pieces` arguments and their checks, the number of input features
+    (known once built), the checks of the call's inputs, the projection and
+    pooling, the output shape, the mask handling (required in the call, not
+    passed on: the embedding has no set axis) and `get_config`.
+
+    To add a set encoder, subclass it:
+
+    1. Register the class with
+       `@keras.saving.register_keras_serializable(package="dspn_tf")`, so
+       that `.keras` files find it.
+    2. In `__init__`, call `super().__init__(dim, latent, n_pieces, **kwargs)`,
+       then create the layers that make the items (with
+       `dtype=self.dtype_policy`), then call `self.create_head()`, which
+       creates `project` and `pool`. This order is the order of the
+       encoder's weights and of the draws of their random initial values.
+       The attribute names of the layers and weights are the names under
+       which `.keras` files and checkpoints store them: keep them once
+       files have been written.
+    3. Implement `build_items(element_size)`, which builds those layers (or
+       creates weights with `add_weight`) for elements of `element_size`
+       features (the set's features plus the mask), and
+       `embed_items(elements)`, which maps the `[batch, N, element_size]`
+       elements to `[batch, items, dim]` items. This class's `build` and
+       `call` call them.
+    4. If the encoder takes more constructor arguments, add them to
+       `get_config` (extend the dict of `super().get_config()`).
+
+    The encoder must be differentiable twice with respect to its inputs (the
+    DSPN inner loop differentiates its gradient), and its items must be
+    permuted with the elements, so that the pooled output is invariant to
+    the order of the elements.
+
+    Args:
+        dim: Width of the items (the hidden width).
+        latent: Output size.
+        n_pieces: FSPool pieces.
+        **kwargs: Passed on to `keras.layers.Layer` (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `[batch, set_size, features]` set.
+        mask: `[batch, set_size]` presence (soft values allowed).
+
+    Output shape:
+        `[batch, latent]`.
+    """
+
+    def __init__(self, dim, latent, n_pieces=20, **kwargs):
+        super().__init__(**kwargs)
+        checks.positive_ints(type(self).__name__, dim=dim, latent=latent, n_pieces=n_pieces)
+        self.dim = dim
+        self.latent = latent
+        self.n_pieces = n_pieces
+        self.features = None
+        self.supports_masking = True  # The mask is consumed (an input feature); see compute_mask.
+
+    def create_head(self):
+        """Creates the shared `project` (Dense(latent)) and `pool` (FSPool) layers; see the class docstring."""
+        self.project = keras.layers.Dense(self.latent, name="project", dtype=self.dtype_policy)
+        self.pool = FSPool(self.n_pieces, name="pool", dtype=self.dtype_policy)
+
+    def build_items(self, element_size):
+        """Builds what `embed_items` uses, for elements of `element_size` features.
+
+        Args:
+            element_size: Features of an element `[x_i, m_i]` (the set's features + 1).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement build_items(element_size).")
+
+    def embed_items(self, elements):
+        """The `[batch, items, dim]` items of `[batch, N, element_size]` elements.
+
+        Args:
+            elements: The set with its mask as the last feature.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement embed_items(elements).")
+
+    def build(self, input_shape):
+        self.features = int(input_shape[-1])
+        self.build_items(self.features + 1)
+        self.project.build((None, None, self.dim))
+        self.pool.build((None, None, self.latent))
+
+    def call(self, inputs, mask=None):
+        name = type(self).__name__
+        checks.set_and_mask(name, inputs, mask)
+        if mask is None:
+            raise ValueError(f"{name}: `mask` is required ([batch, set_size]); pass ones for full sets.")
+        checks.features(name, inputs, self.features)
+        x = self.project(self.embed_items(_with_mask_feature(inputs, mask)))  # Shape: [batch, items, latent].
+        # Dividing by the item count (a constant: N or N², padding included)
+        # keeps activations small for big sets; the reference does this and
+        # its lr 25 assumes it. FSPool is linear in its input and its sort is
+        # unchanged by a positive scale, so dividing the pooled [batch, latent]
+        # output is the same function as dividing the [batch, items, latent]
+        # items, at 1/items of the cost.
+        pooled = self.pool(x)
+        return pooled / tf.cast(tf.shape(x)[1], pooled.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.latent)
+
+    def compute_mask(self, inputs, mask=None):
+        return None  # The embedding has no set axis left to mask.
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "latent": self.latent, "n_pieces": self.n_pieces}
+
+
 @keras.saving.register_keras_serializable(package="dspn_tf")
-class FSEncoder(keras.layers.Layer):
+class FSEncoder(SetEncoder):
     """Per-element MLP pooled with FSPool (the set-MNIST encoder).
 
     Elements `[x_i, m_i]` → Dense(dim) → ReLU → Dense(dim) → ReLU →
@@ -30,6 +152,7 @@ class FSEncoder(keras.layers.Layer):
         dim: Hidden width (paper: 256).
         latent: Output size (paper: 64).
         n_pieces: FSPool pieces (paper: 20).
+        **kwargs: Passed on to `keras.layers.Layer` (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: `[batch, set_size, features]` set.
@@ -46,52 +169,31 @@ class FSEncoder(keras.layers.Layer):
     """
 
     def __init__(self, dim, latent, n_pieces=20, **kwargs):
-        super().__init__(**kwargs)
-        checks.positive_ints("FSEncoder", dim=dim, latent=latent, n_pieces=n_pieces)
-        self.dim = dim
-        self.latent = latent
-        self.n_pieces = n_pieces
-        self.features = None
-        self.supports_masking = True  # The mask is consumed (an input feature); see compute_mask.
+        super().__init__(dim, latent, n_pieces, **kwargs)
         self.hidden1 = keras.layers.Dense(dim, activation="relu", name="hidden1", dtype=self.dtype_policy)
         self.hidden2 = keras.layers.Dense(dim, activation="relu", name="hidden2", dtype=self.dtype_policy)
-        self.project = keras.layers.Dense(latent, name="project", dtype=self.dtype_policy)
-        self.pool = FSPool(n_pieces, name="pool", dtype=self.dtype_policy)
+        self.create_head()
 
-    def build(self, input_shape):
-        self.features = int(input_shape[-1])
-        self.hidden1.build((None, None, self.features + 1))
+    def build_items(self, element_size):
+        """Builds the two hidden layers for elements of `element_size` features.
+
+        Args:
+            element_size: Features of an element `[x_i, m_i]`.
+        """
+        self.hidden1.build((None, None, element_size))
         self.hidden2.build((None, None, self.dim))
-        self.project.build((None, None, self.dim))
-        self.pool.build((None, None, self.latent))
 
-    def call(self, inputs, mask=None):
-        checks.set_and_mask("FSEncoder", inputs, mask)
-        if mask is None:
-            raise ValueError("FSEncoder: `mask` is required ([batch, set_size]); pass ones for full sets.")
-        checks.features("FSEncoder", inputs, self.features)
-        x = _with_mask_feature(inputs, mask)
-        x = self.project(self.hidden2(self.hidden1(x)))  # Shape: [batch, n, latent].
-        # Dividing by the padded size (a constant) keeps activations small for
-        # big sets; the reference does this and its lr 25 assumes it. FSPool is
-        # linear in its input and its sort is unchanged by a positive scale, so
-        # dividing the pooled [batch, latent] output is the same function as
-        # dividing the [batch, n, latent] elements, at 1/n of the cost.
-        pooled = self.pool(x)
-        return pooled / tf.cast(tf.shape(x)[1], pooled.dtype)
+    def embed_items(self, elements):
+        """One item per element: the two hidden layers, `[batch, N, dim]`.
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.latent)
-
-    def compute_mask(self, inputs, mask=None):
-        return None  # The embedding has no set axis left to mask.
-
-    def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "latent": self.latent, "n_pieces": self.n_pieces}
+        Args:
+            elements: `[batch, N, features + 1]`, the set with its mask as the last feature.
+        """
+        return self.hidden2(self.hidden1(elements))
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
-class RNFSEncoder(keras.layers.Layer):
+class RNFSEncoder(SetEncoder):
     """Relation-network encoder pooled with FSPool (the CLEVR set encoder).
 
     All N × N ordered pairs `[e_i, e_j]` (i = j included) of elements
@@ -107,6 +209,7 @@ class RNFSEncoder(keras.layers.Layer):
         dim: Hidden width (paper: 512).
         latent: Output size (paper: 512).
         n_pieces: FSPool pieces (paper: 20).
+        **kwargs: Passed on to `keras.layers.Layer` (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: `[batch, set_size, features]` set.
@@ -117,51 +220,33 @@ class RNFSEncoder(keras.layers.Layer):
     """
 
     def __init__(self, dim, latent, n_pieces=20, **kwargs):
-        super().__init__(**kwargs)
-        checks.positive_ints("RNFSEncoder", dim=dim, latent=latent, n_pieces=n_pieces)
-        self.dim = dim
-        self.latent = latent
-        self.n_pieces = n_pieces
-        self.features = None
-        self.supports_masking = True  # The mask is consumed (an input feature); see compute_mask.
-        self.project = keras.layers.Dense(latent, name="project", dtype=self.dtype_policy)
-        self.pool = FSPool(n_pieces, name="pool", dtype=self.dtype_policy)
+        super().__init__(dim, latent, n_pieces, **kwargs)
+        self.create_head()
 
-    def build(self, input_shape):
-        self.features = int(input_shape[-1])
-        element = self.features + 1
+    def build_items(self, element_size):
+        """Creates the pair layer's weights for elements of `element_size` features.
+
+        Args:
+            element_size: Features of an element `[x_i, m_i]`.
+        """
         # One kernel over the concatenated pair [e_i, e_j], as in the paper's
         # Conv2d(2C + 2, dim, 1); glorot fan-in counts the whole pair.
         self.pair_kernel = self.add_weight(
-            name="pair_kernel", shape=(2 * element, self.dim), initializer="glorot_uniform"
+            name="pair_kernel", shape=(2 * element_size, self.dim), initializer="glorot_uniform"
         )
         self.pair_bias = self.add_weight(name="pair_bias", shape=(self.dim,), initializer="zeros")
-        self.project.build((None, None, self.dim))
-        self.pool.build((None, None, self.latent))
 
-    def call(self, inputs, mask=None):
-        checks.set_and_mask("RNFSEncoder", inputs, mask)
-        if mask is None:
-            raise ValueError("RNFSEncoder: `mask` is required ([batch, set_size]); pass ones for full sets.")
-        checks.features("RNFSEncoder", inputs, self.features)
-        e = _with_mask_feature(inputs, mask)  # Shape: [batch, n, C + 1].
+    def embed_items(self, elements):
+        """One item per ordered pair of elements: `relu([e_i, e_j] W + b)`, `[batch, N², dim]`.
+
+        Args:
+            elements: `[batch, N, features + 1]`, the set with its mask as the last feature.
+        """
         element = self.features + 1
         kernel = tf.convert_to_tensor(self.pair_kernel)
-        first = tf.einsum("bnc,cd->bnd", e, kernel[:element])  # Shape: [batch, n, dim].
-        second = tf.einsum("bnc,cd->bnd", e, kernel[element:])
+        first = tf.einsum("bnc,cd->bnd", elements, kernel[:element])  # Shape: [batch, n, dim].
+        second = tf.einsum("bnc,cd->bnd", elements, kernel[element:])
         pairs = first[:, :, None, :] + second[:, None, :, :] + self.pair_bias  # Shape: [batch, n, n, dim].
         pairs = tf.nn.relu(pairs)
-        n = tf.shape(e)[1]
-        pairs = tf.reshape(pairs, [tf.shape(e)[0], n * n, self.dim])  # Shape: [batch, n², dim].
-        x = self.project(pairs)  # Shape: [batch, n², latent].
-        # Divide by N² after pooling: the same function (see FSEncoder.call), 1/N² of the work.
-        return self.pool(x) / tf.cast(n * n, x.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.latent)
-
-    def compute_mask(self, inputs, mask=None):
-        return None  # The embedding has no set axis left to mask.
-
-    def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "latent": self.latent, "n_pieces": self.n_pieces}
+        n = tf.shape(elements)[1]
+        return tf.reshape(pairs, [tf.shape(elements)[0], n * n, self.dim])  # Shape: [batch, n², dim].

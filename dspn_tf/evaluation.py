@@ -22,8 +22,8 @@ def _step_index(iters, total, name):
 
 
 # model -> its traced forward pass. A training loop evaluates the same model every few
-# thousand steps: one trace serves them all instead of a new trace (seconds of tracing, and
-# its memory) per evaluation. Weak both ways, so a dropped model is freed.
+# thousand steps: one trace serves them all instead of a new trace (its tracing time and the
+# memory its graph holds) per evaluation. Weak both ways, so a dropped model is freed.
 _RUNNERS = weakref.WeakKeyDictionary()
 
 
@@ -35,9 +35,9 @@ def _runner(model):
         @tf.function(reduce_retracing=True)  # The last, smaller batch reuses the trace.
         def run(inputs, iters):
             # `iters` is a tensor, so the DSPN runs its graph loop: the same values as the
-            # unrolled steps (bit for bit, checked at 30 steps on 1,000 scenes), but a graph that
-            # does not grow with the step count; an unrolled 30-step graph kept the resident
-            # size about 200 MB higher for the rest of a run (tools/soak.py).
+            # unrolled steps, from a graph whose size does not depend on the step count (an
+            # unrolled graph grows with it and stays in memory as long as its trace;
+            # benchmarks/README.md, "Evaluation memory").
             out = model_ref()(inputs, iters=iters, training=False)
             return out["sets"], out["masks"]
 

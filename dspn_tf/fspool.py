@@ -98,18 +98,18 @@ class FSPool(keras.layers.Layer):
         # Eq. (A2) as sum_j x_j * w(rank_j): the weights go to the elements'
         # own positions instead of the values being sorted. Sorting is
         # piecewise constant, so value and gradients (of any order) equal those
-        # through the sort, and the backward passes stay elementwise
-        # (benchmarks/README.md, "FSPool").
+        # through the sort, and the backward passes stay elementwise.
+        # benchmarks/README.md, "FSPool", has what each choice here saves.
         x_t = tf.transpose(tf.stop_gradient(keys), [0, 2, 1])  # Shape: [batch, C, set_size].
         # Descending; ties keep index order. Integer keys sort in the same
-        # order as the floats, and sort faster.
+        # order as the floats, and are the cheaper ones to sort.
         _, order = tf.math.top_k(sort_keys(x_t), k=set_size, sorted=True)
         # Each element's weight is the weight of its position in the sort: one
         # scatter of the per-position weights through the permutation (`order`
         # is a permutation per row, so the segment sum is a plain scatter),
         # whose gradient with respect to W is a gather. The scatter stays
         # within each [set_size] row of the `[batch, C, set_size]` layout,
-        # which is faster than the strided `[batch, set_size, C]` one.
+        # the cheaper layout to scatter into than the strided `[batch, set_size, C]` one.
         rows = tf.shape(order)[0] * tf.shape(order)[1]
         flat = flat_segment_ids(order, set_size)
         if mask is None:

@@ -18,7 +18,7 @@ def huber(x, delta=1.0):
     # Written without a branch so that it is twice differentiable everywhere
     # the reference's smooth_l1 is. The quadratic part is taken on the clipped
     # signed value, not on min(|x|, delta): |x| has derivative sign(0) = 0 at 0,
-    # which made the second derivative at x = 0 come out 0 instead of 1.
+    # which would make the second derivative at x = 0 come out 0 instead of 1.
     q = tf.clip_by_value(x, -delta, delta)
     return 0.5 * q * q + delta * (tf.abs(x) - tf.abs(q))
 
@@ -86,7 +86,8 @@ def _nearest(pred, target):
 
     XLA fuses the Huber cost into the two min/argmin reductions, so the
     `[k, n, m]` cost matrix is never built from many full-size temporaries
-    (8 elementwise passes over `[k, n, m, F]` without fusion: 7× slower on CPU).
+    (without fusion, 8 elementwise passes over `[k, n, m, F]`; benchmarks/README.md,
+    "Chamfer", has the timings).
 
     Returns:
         `(min_over_pred [k, m], argmin_over_pred [k, m], min_over_target [k, n],
@@ -103,8 +104,8 @@ def _nearest(pred, target):
     # The argmins as the first index attaining the min: two more plain min
     # reductions (the cost is recomputed inside each fused reduction, with
     # the same elementwise IEEE arithmetic, so it equals the min exactly).
-    # XLA's CPU argmin is a (key, index) reduction ~4x slower than a min: the
-    # whole function takes ~40% less time this way. `<=` and the clamp only
+    # XLA's CPU argmin is a (key, index) reduction, which costs more than a
+    # plain min (benchmarks/README.md, "Chamfer"). `<=` and the clamp only
     # guard against an impossible no-match.
     arg_i = tf.reduce_min(tf.where(cost <= min_i[:, None, :], tf.range(n)[None, :, None], n), axis=1)
     arg_j = tf.reduce_min(tf.where(cost <= min_j[:, :, None], tf.range(m)[None, None, :], m), axis=2)

@@ -338,12 +338,13 @@ def build_model(
     decoder_dim=None,
     set_encoder=None,
     image_encoder="conv",
-    iters=10,
-    inner_lr=25.0,
     n_pieces=20,
-    dspn_options=None,
+    inner=None,
     mask_offset=0.0,
     input_shape=None,
+    iters=None,
+    inner_lr=None,
+    dspn_options=None,
 ):
     """Builds the model of one of the paper's tasks from plain settings.
 
@@ -354,86 +355,72 @@ def build_model(
         set_channels: Features per element C.
         dim: Hidden width of the set encoder.
         latent: Embedding size.
-        decoder_dim: Hidden width of a baseline decoder (default `dim`).
+        decoder_dim: Hidden width of a baseline decoder and of an MLP starting
+            set (default `dim`).
         set_encoder: "fs" or "rnfs" (default: "fs" for the auto-encoder, "rnfs" for images).
         image_encoder: "conv" (small, for CPUs), "resnet34" (the DSPN paper's)
             or "resnet18" (iDSPN's).
-        iters: DSPN inner steps.
-        inner_lr: DSPN per-sample inner step size.
         n_pieces: FSPool pieces.
-        dspn_options: Further keyword arguments of `DSPN` (the inner-loop
-            options: `gradient`, `momentum`, `nesterov`, `clip`, `inner_loss`,
-            `starting_set`, `start_regularizer`, `tolerance`, `seed`); ignored
-            by the baselines.
+        inner: The DSPN's inner loop: a `dspn_tf.inner.InnerLoopConfig` or a
+            dict of its fields (default: the DSPN paper's). Ignored by the baselines.
         mask_offset: Added to a baseline's raw mask output (the paper's
             appendix B.1 uses 1 for set-MNIST; the reference code 0); ignored
             by the DSPN.
         input_shape: If given, the model is built by one call on zeros of this
             per-example shape (`(N, C)` for the auto-encoder, `(H, W, 3)` for
             images), so a checkpoint restores into existing variables.
+        iters: Shorthand for `inner.iters` (kept for existing callers).
+        inner_lr: Shorthand for `inner.lr`.
+        dspn_options: Further `InnerLoopConfig` fields as a dict (`gradient`,
+            `momentum`, ...), merged into `inner`.
 
     Returns:
         A `SetAutoEncoder` or `ImageToSet`.
+
+    Raises:
+        ValueError: naming the argument that is unknown or out of range.
     """
-    model = _assemble(
-        task,
-        decoder=decoder,
-        set_size=set_size,
-        set_channels=set_channels,
-        dim=dim,
-        latent=latent,
-        decoder_dim=decoder_dim,
-        set_encoder=set_encoder,
-        image_encoder=image_encoder,
-        iters=iters,
-        inner_lr=inner_lr,
-        n_pieces=n_pieces,
-        dspn_options=dspn_options,
-        mask_offset=mask_offset,
-    )
-    return model if input_shape is None else model.build_on_zeros(tuple(input_shape))
-
-
-def _assemble(
-    task,
-    *,
-    decoder,
-    set_size,
-    set_channels,
-    dim,
-    latent,
-    decoder_dim,
-    set_encoder,
-    image_encoder,
-    iters,
-    inner_lr,
-    n_pieces,
-    dspn_options,
-    mask_offset,
-):
-    """The unbuilt model of `build_model`."""
     # Imported here to keep this module importable without a cycle.
     from dspn_tf.baselines import LSTMDecoder, MLPDecoder
     from dspn_tf.encoders import FSEncoder, RNFSEncoder
     from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
+    from dspn_tf.inner import InnerLoopConfig, MLPStart
 
-    if task not in ("autoencoder", "image"):
-        raise ValueError(f"build_model: `task` must be 'autoencoder' or 'image'; received {task!r}.")
-    set_encoder = set_encoder or ("fs" if task == "autoencoder" else "rnfs")
-    encoders = {"fs": FSEncoder, "rnfs": RNFSEncoder}
-    if set_encoder not in encoders:
-        raise ValueError(f"build_model: `set_encoder` must be one of {sorted(encoders)}; received {set_encoder!r}.")
-    make_set_encoder = lambda: encoders[set_encoder](dim, latent, n_pieces=n_pieces)  # noqa: E731
-    if decoder == "dspn":
-        dec = DSPN(make_set_encoder(), set_size, set_channels, iters=iters, lr=inner_lr, **(dspn_options or {}))
-    elif decoder in ("mlp", "lstm"):
-        cls = MLPDecoder if decoder == "mlp" else LSTMDecoder
-        dec = cls(set_size, set_channels, decoder_dim or dim, mask_offset=mask_offset)
-    else:
-        raise ValueError(f"build_model: `decoder` must be 'dspn', 'mlp' or 'lstm'; received {decoder!r}.")
-    if task == "autoencoder":
-        return SetAutoEncoder(dec, encoder=None if decoder == "dspn" else make_set_encoder())
+    tasks = {"autoencoder": SetAutoEncoder, "image": ImageToSet}
+    set_encoders = {"fs": FSEncoder, "rnfs": RNFSEncoder}
+    baselines = {"mlp": MLPDecoder, "lstm": LSTMDecoder}
     images = {"conv": ConvEncoder, "resnet18": ResNet18Encoder, "resnet34": ResNet34Encoder}
-    if image_encoder not in images:
-        raise ValueError(f"build_model: `image_encoder` must be one of {sorted(images)}; received {image_encoder!r}.")
-    return ImageToSet(images[image_encoder](latent), dec)
+    _choose("task", task, tasks)
+    set_encoder = set_encoder or ("fs" if tasks[task] is SetAutoEncoder else "rnfs")
+    _choose("set_encoder", set_encoder, set_encoders)
+    _choose("decoder", decoder, ["dspn", *baselines])
+    if tasks[task] is ImageToSet:
+        _choose("image_encoder", image_encoder, images)
+    if isinstance(inner, InnerLoopConfig):
+        inner = inner.as_dict()
+    shorthand = {"iters": iters, "lr": inner_lr}
+    inner = {**(inner or {}), **(dspn_options or {}), **{k: v for k, v in shorthand.items() if v is not None}}
+    try:
+        inner = InnerLoopConfig(**inner).as_dict()
+    except TypeError as e:
+        raise ValueError(f"build_model: {e}") from None
+
+    def make_set_encoder():
+        return set_encoders[set_encoder](dim, latent, n_pieces=n_pieces)
+
+    if decoder == "dspn":
+        if inner["starting_set"] == "mlp":
+            inner["starting_set"] = MLPStart(dim=decoder_dim or dim)
+        dec = DSPN(make_set_encoder(), set_size, set_channels, **inner)
+    else:
+        dec = baselines[decoder](set_size, set_channels, decoder_dim or dim, mask_offset=mask_offset)
+    if tasks[task] is SetAutoEncoder:
+        model = SetAutoEncoder(dec, encoder=None if decoder == "dspn" else make_set_encoder())
+    else:
+        model = ImageToSet(images[image_encoder](latent), dec)
+    return model if input_shape is None else model.build_on_zeros(tuple(input_shape))
+
+
+def _choose(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"build_model: `{name}` must be one of {sorted(choices)}; received {value!r}.")

@@ -2,11 +2,10 @@
 
 `keras.optimizers.Adam` adds epsilon to the raw `sqrt(v)` ("epsilon hat"),
 which amounts to `m_hat / (sqrt(v_hat) + epsilon / sqrt(1 - beta_2^t))`: an
-epsilon up to 1 / sqrt(1 - beta_2) = 32x larger in the first steps. The DSPN
-encoder's gradients are small (1e-7 to 2e-6 per weight, root mean square, on
-set-MNIST), so there that larger epsilon shrinks the first updates up to 3.6x
-against the authors' PyTorch training, and the model learns more slowly for
-hundreds of steps (benchmarks/README.md, "Adam's epsilon"). `Adam` here
+epsilon up to 1 / sqrt(1 - beta_2) = 32x larger in the first steps. Weights
+whose gradients are not much larger than that epsilon, as the DSPN encoder's
+are, then take smaller first updates than Algorithm 1 gives them
+(benchmarks/README.md, "Adam's epsilon", has the measurements). `Adam` here
 computes `m_hat / (sqrt(v_hat) + epsilon)`, the update of the paper's code.
 """
 

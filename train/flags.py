@@ -84,8 +84,8 @@ flags.DEFINE_enum(
     "starting_set",
     "learned",
     ["learned", "random", "mlp"],
-    "Starting set: learned and shared (the paper), per-sample N(0, 0.1^2) noise seeded by --seed (iDSPN), or mlp: "
-    "an MLP head on z predicts each sample's starting set and mask, which the inner steps refine.",
+    "Starting set: learned and shared (the paper), per-sample N(0, 0.1^2) noise seeded by --seed (iDSPN), or "
+    "predicted from z by an MLP head of width --decoder_dim (default --dim) that the inner loop refines.",
 )
 flags.DEFINE_float(
     "start_regularizer", 0.0, "Weight of 0.5 * ||[set, mask] - start||^2 in the inner objective (0: off)."
