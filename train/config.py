@@ -345,8 +345,6 @@ def build_model(config):
     run's checkpoint into float64 variables.
     """
     run_task, model = task(config), config.model
-    dspn_options = model.inner.as_dict()
-    iters, inner_lr = dspn_options.pop("iters"), dspn_options.pop("lr")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(model.mixed_precision)
     try:
@@ -360,12 +358,10 @@ def build_model(config):
             decoder_dim=model.decoder_dim,
             set_encoder=model.set_encoder,
             image_encoder=model.image_encoder,
-            iters=iters,
-            inner_lr=inner_lr,
             n_pieces=model.n_pieces,
-            dspn_options=dspn_options,
             mask_offset=model.baseline_mask_offset,
             input_shape=run_task.input_shape(config.data.image_size),
+            inner=model.inner,
         )
     finally:
         keras.config.set_dtype_policy(previous)
