@@ -1,9 +1,11 @@
-"""The outer training loop (Orbit's `Controller` role).
+"""The outer training loop (Orbit's `Controller` role) and the actions it runs after steps.
 
-The `Trainer` (`dspn_tf.training`) owns model, optimizer and the train step;
-`Loop` owns everything around the steps: the step counter, resuming from and
-writing checkpoints, the NaN guard, summaries, pictures and the evaluation
-cadence.
+The `Trainer` (`dspn_tf.training`) owns model, optimizer and the train step.
+`Loop` owns the step counter, the resume from and the writing of checkpoints,
+the NaN guard, SIGTERM and lost workers, and calls its `Action`s after each
+step when they are due: `WriteScalars`, `WritePictures`, `SaveCheckpoint` and
+`Evaluate` (Orbit's train actions). `worker_batch` is the one place a global
+batch is split over workers and replicas.
 """
 
 import errno
@@ -61,104 +63,280 @@ class DiskFullError(OSError):
     """A checkpoint could not be written because its file system is full; the previous checkpoint is kept."""
 
 
-class Loop:
-    """Runs a `Trainer` to `total_steps` with checkpoints, summaries and evaluation.
+def worker_batch(trainer, batch):
+    """This worker's share of a global batch as the trainer's per-replica values: the one place batches are split.
 
-    Args:
-        config: The `RunConfig` (cadences, model_dir, decoder, dataset).
-        trainer: A `dspn_tf.training.Trainer`.
-        train_iterator: An iterator of this worker's training batches (a
-            plain `tf.data` iterator: it is checkpointed with a single worker).
-        eval_dataset: Batched evaluation data (pictures come from its first batch).
-        total_steps: Steps of the whole run (a resume continues to it).
-        schedule: `config.iters_schedule(...)`: inner steps by training step, or None.
+    Every worker reads the whole global batch (`train.config.train_batches`), so its
+    input position is the chief's; worker `i` of `n` takes rows `[i * B / n, (i + 1) * B / n)`
+    and `Trainer.split` hands each of its replicas a slice of those.
+    """
+    if trainer.workers > 1:
+        rows = trainer.global_batch_size // trainer.workers
+        start = trainer.worker_index * rows
+        batch = tf.nest.map_structure(lambda t: t[start : start + rows], batch)
+    return trainer.split(batch)
+
+
+class Action:
+    """Work the loop does after a training step when it is due (Orbit's train actions).
+
+    `due(step, total)` says whether the action runs after step `step` of a run of
+    `total` steps; `action(loop, step, values)` runs it (`values`: the step's
+    train values, None when it is redone on resume). An action with
+    `redo_on_resume` runs after the loop saved the step's checkpoint, so a kill
+    may have cut it short: when a resumed run starts at a step where it is due,
+    the loop runs it again before the first step.
     """
 
-    def __init__(self, config, trainer, train_iterator, eval_dataset, *, total_steps, schedule):
-        self.config = config
+    redo_on_resume = False
+
+    def due(self, step, total):
+        """Whether the action runs after step `step` of `total`."""
+        raise NotImplementedError
+
+    def __call__(self, loop, step, values):
+        """Runs the action after step `step` of `loop`."""
+        raise NotImplementedError
+
+
+class WriteScalars(Action):
+    """Writes the train losses, each inner step's loss and gradient norm and the learning rate.
+
+    Args:
+        every: After every this many steps, and after the last.
+    """
+
+    def __init__(self, every):
+        self.every = every
+
+    def due(self, step, total):
+        return step % self.every == 0 or step == total
+
+    def __call__(self, loop, step, values):
+        with loop.train_writer.as_default(step=step):
+            for name in ("train/loss", "train/set_loss", "train/repr_loss"):
+                tf.summary.scalar(name, values[name])
+            inner = zip(values["inner_loss"].numpy(), values["inner_grad_norm"].numpy())
+            for t, (loss, norm) in enumerate(inner):
+                tf.summary.scalar(f"inner/loss_step_{t}", loss)
+                tf.summary.scalar(f"inner/grad_norm_step_{t}", norm)
+            optimizer = loop.trainer.optimizer
+            lr = optimizer.learning_rate
+            tf.summary.scalar("train/learning_rate", lr(optimizer.iterations) if callable(lr) else lr)
+
+
+class WritePictures(Action):
+    """Writes progression pictures of a fixed batch (`write_pictures`).
+
+    Args:
+        model: The model being trained.
+        batch: The batch drawn every time (the evaluation split's first).
+        task: The run's `train.tasks.Task` (its target key and picture drawer).
+        every: After every this many steps (0: never), and after the last.
+    """
+
+    def __init__(self, model, batch, task, every):
+        self.model = model
+        self.batch = batch
+        self.task = task
+        self.every = every
+
+    def due(self, step, total):
+        return bool(self.every) and step % self.every == 0 or step == total
+
+    def __call__(self, loop, step, values):
+        with loop.train_writer.as_default(step=step):
+            write_pictures(self.model, self.batch, self.task, step)
+
+
+class SaveCheckpoint(Action):
+    """Saves the loop's checkpoint (`Loop.save`).
+
+    Args:
+        every: After every this many steps, and after the last.
+    """
+
+    def __init__(self, every):
+        self.every = every
+
+    def due(self, step, total):
+        return step % self.every == 0 or step == total
+
+    def __call__(self, loop, step, values):
+        loop.save(step)
+
+
+class Evaluate(Action):
+    """Evaluates the model at several inner step counts and writes `eval/<metric>/iters_<n>`.
+
+    Periodic evaluations skip the last step: the entry point evaluates the final
+    model itself (`evaluate(loop)`). Runs again on resume (see `Action`).
+
+    Args:
+        model: The model being trained.
+        dataset: Batched evaluation data.
+        set_key: Key of the target set in a batch.
+        iters_list: Inner step counts to evaluate at.
+        every: After every this many steps (0: never).
+    """
+
+    redo_on_resume = True
+
+    def __init__(self, model, dataset, *, set_key, iters_list, every=0):
+        self.model = model
+        self.dataset = dataset
+        self.set_key = set_key
+        self.iters_list = iters_list
+        self.every = every
+
+    def due(self, step, total):
+        return bool(self.every) and step % self.every == 0 and step != total
+
+    def __call__(self, loop, step, values):
+        self.evaluate(loop)
+
+    def evaluate(self, loop):
+        """Evaluates the model at `loop`'s current step, logs it to `loop.eval_writer` and returns the results."""
+        step = int(loop.step)
+        print(f"Evaluating step {step} at {', '.join(map(str, self.iters_list))} inner steps ...", flush=True)
+        results = evaluation.evaluate(self.model, self.dataset, set_key=self.set_key, iters_list=self.iters_list)
+        with loop.eval_writer.as_default(step=step):
+            for iters, row in results.items():
+                for name, value in row.items():
+                    if name != "num_examples":
+                        tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
+        return results
+
+
+class Loop:
+    """Runs a `Trainer` to `total_steps`, calling its actions after each step (Orbit's `Controller`).
+
+    Construction touches neither the disk nor the data. The entry point then
+    takes the named steps that prepare a run, in this order: `restore` (resume
+    from the run's newest checkpoint), `drop_stale_events` (what a killed run
+    logged after it) and `open_writers`; then `run`.
+
+    Args:
+        trainer: A `dspn_tf.training.Trainer`.
+        train_iterator: An iterator of the global training batches (a plain
+            `tf.data` iterator, checkpointed with the model; `worker_batch`
+            takes this worker's rows).
+        total_steps: Steps of the whole run (a resume continues to it).
+        model_dir: The run directory: `checkpoints/`, and the `train/` and
+            `eval/` TensorBoard logs.
+        actions: `Action`s run after each step when due, in order (e.g.
+            `WriteScalars`, `WritePictures`, `SaveCheckpoint`, `Evaluate`).
+        schedule: `train.config.iters_schedule(...)`: inner steps by training step, or None.
+        keep_checkpoints: Checkpoints kept in `model_dir/checkpoints`.
+        progress: Show progress (`train.progress.bar`).
+    """
+
+    def __init__(
+        self,
+        trainer,
+        train_iterator,
+        *,
+        total_steps,
+        model_dir,
+        actions=(),
+        schedule=None,
+        keep_checkpoints=3,
+        progress=True,
+    ):
         self.trainer = trainer
         self.iterator = train_iterator
-        self.eval_dataset = eval_dataset
         self.total_steps = total_steps
+        self.model_dir = model_dir
+        self.actions = list(actions)
         self.schedule = schedule
-        self.settings = trainer.settings
-        self.eval_iters = config_lib.eval_iters(config, trainer.model.iterative)
+        self.progress = progress
         # Outside the strategy's scope: a host-side counter, not a mirrored variable.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.chief = is_chief(trainer.strategy)
-        self.manager = self._checkpoint_manager()
-        resumed = self.manager.latest_checkpoint is not None
-        # A periodic evaluation due at the resume step may have been killed: it runs again first.
-        self._evaluate_on_resume = resumed and self._evaluation_due(int(self.step))
-        if self.chief:  # Also without a checkpoint: a run killed before its first one logged steps too.
-            self._drop_stale_summaries(int(self.step))
-        if self.chief:
-            self.train_writer = tf.summary.create_file_writer(os.path.join(config.run.model_dir, "train"))
-            self.eval_writer = tf.summary.create_file_writer(os.path.join(config.run.model_dir, "eval"))
-        else:
-            self.train_writer = self.eval_writer = tf.summary.create_noop_writer()
-        self.picture_batch = next(iter(eval_dataset))
-        self.saved_step = int(self.step) if self.manager.latest_checkpoint else None
-        self._stop_signal = None
-
-    def _evaluation_due(self, current):
-        return (
-            bool(self.config.run.eval_every)
-            and current % self.config.run.eval_every == 0
-            and current != self.total_steps
-        )
-
-    def _drop_stale_summaries(self, current):
-        """Removes what a killed run logged after its last checkpoint (step `current`, 0 if none): it is redone.
-
-        Summaries up to `current` were flushed before its checkpoint was saved; an
-        evaluation of step `current` comes after the save and is redone (periodic ones
-        by `run`, the final one by the entry point), so it is dropped as well. The
-        temporary folders of checkpoint saves it was killed in go too.
-        """
-        model_dir = self.config.run.model_dir
-        checkpoints.remove_interrupted_saves(os.path.join(model_dir, "checkpoints"))
-        dropped = summaries.purge_after(os.path.join(model_dir, "train"), current)
-        redo_eval = self._evaluate_on_resume or current == self.total_steps
-        dropped += summaries.purge_after(os.path.join(model_dir, "eval"), current - 1 if redo_eval else current)
-        # Every start logs the run's HParams settings again (train.train) and its results at the end.
-        dropped += summaries.purge_after(os.path.join(model_dir, "hparams"), -1)
-        if dropped:
-            print(f"Dropped {dropped} TensorBoard event(s) logged after step {current} by the interrupted run.")
-
-    def _checkpoint_manager(self):
-        """Restores the newest checkpoint of the run, if any; returns the manager that saves new ones."""
         # The input position is part of the checkpoint, so a resumed run sees the batches an
         # uninterrupted one would (several workers read the same global batches: one position).
-        state = {
-            "model": self.trainer.model,
-            "optimizer": self.trainer.optimizer,
+        self._state = {
+            "model": trainer.model,
+            "optimizer": trainer.optimizer,
             "step": self.step,
             "iterator": self.iterator,
         }
-        shared_dir = os.path.join(self.config.run.model_dir, "checkpoints")
-        latest = checkpoints.restore(state, shared_dir, required=False, partial=False, resume=True)
-        if latest:
-            print(f"Resumed from {latest} at step {int(self.step)}.", flush=True)
         # Saving is collective under multi-worker strategies: every worker writes,
         # but only the chief into the run directory (the others into scratch).
-        own_dir = shared_dir
+        own_dir = self._shared_checkpoints
         if not self.chief:
-            own_dir = os.path.join(self.config.run.model_dir, f".worker-{os.getpid()}", "checkpoints")
-        return tf.train.CheckpointManager(
-            tf.train.Checkpoint(**state), own_dir, max_to_keep=self.config.run.keep_checkpoints
+            own_dir = os.path.join(model_dir, f".worker-{os.getpid()}", "checkpoints")
+        self.manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(**self._state), own_dir, max_to_keep=keep_checkpoints
         )
+        self.saved_step = None
+        self.train_writer = self.eval_writer = None
+        self._redo = []
+        self._stop_signal = None
+
+    @property
+    def _shared_checkpoints(self):
+        return os.path.join(self.model_dir, "checkpoints")
+
+    def restore(self):
+        """Restores the newest readable checkpoint of the run, if any (model, optimizer, step, input position).
+
+        Returns:
+            The checkpoint's path, or None for a fresh run.
+        """
+        latest = checkpoints.restore(self._state, self._shared_checkpoints, required=False, partial=False, resume=True)
+        if latest:
+            print(f"Resumed from {latest} at step {int(self.step)}.", flush=True)
+        if self.manager.latest_checkpoint is not None:
+            current = int(self.step)
+            self.saved_step = current
+            # An action due after the resume step's checkpoint (an evaluation) may have been killed.
+            self._redo = [a for a in self.actions if a.redo_on_resume and a.due(current, self.total_steps)]
+        return latest
+
+    def drop_stale_events(self):
+        """Removes what a killed run logged after its last checkpoint (the current step, 0 if none): it is redone.
+
+        Call after `restore` and before `open_writers`. Summaries up to the current step
+        were flushed before its checkpoint was saved; an evaluation of that step comes
+        after the save and is redone (periodic ones by `run`, the final one by the entry
+        point), so it is dropped as well. The temporary folders of checkpoint saves it was
+        killed in go too. The chief's work (also without a checkpoint: a run killed before
+        its first one logged steps too); other workers do nothing.
+
+        Returns:
+            The number of TensorBoard events dropped.
+        """
+        if not self.chief:
+            return 0
+        current = int(self.step)
+        checkpoints.remove_interrupted_saves(self._shared_checkpoints)
+        dropped = summaries.purge_after(os.path.join(self.model_dir, "train"), current)
+        redo_eval = bool(self._redo) or current == self.total_steps
+        dropped += summaries.purge_after(os.path.join(self.model_dir, "eval"), current - 1 if redo_eval else current)
+        # Every start logs the run's HParams settings again (train.train) and its results at the end.
+        dropped += summaries.purge_after(os.path.join(self.model_dir, "hparams"), -1)
+        if dropped:
+            print(f"Dropped {dropped} TensorBoard event(s) logged after step {current} by the interrupted run.")
+        return dropped
+
+    def open_writers(self):
+        """Opens `train_writer` and `eval_writer` (`model_dir/train`, `model_dir/eval`; no-ops on other workers)."""
+        if self.chief:
+            self.train_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+            self.eval_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "eval"))
+        else:
+            self.train_writer = self.eval_writer = tf.summary.create_noop_writer()
 
     def run(self):
         """Trains from the current step to `total_steps`; returns the running-mean loss."""
-        config = self.config
-        progbar = progress.bar(self.total_steps, enabled=config.run.progress)
+        progbar = progress.bar(self.total_steps, enabled=self.progress)
         progbar.update(int(self.step))
         start, first_step, running = time.time(), int(self.step), None
         previous_handler = self._catch_sigterm()
-        if self._evaluate_on_resume:
-            self._evaluate_on_resume = False
-            self.evaluate()
+        redo, self._redo = self._redo, []
+        for action in redo:
+            action(self, int(self.step), None)
         try:
             while int(self.step) < self.total_steps:
                 if self._stop_signal is not None:
@@ -185,8 +363,7 @@ class Loop:
 
     def _worker_lost(self, error):
         """The `WorkerLostError` of a collective step or save that failed because another worker is gone."""
-        shared = os.path.join(self.config.run.model_dir, "checkpoints")
-        latest = tf.train.latest_checkpoint(shared)
+        latest = tf.train.latest_checkpoint(self._shared_checkpoints)
         lines = [line.strip() for line in (getattr(error, "message", None) or str(error)).splitlines() if line.strip()]
         # TF's message starts with the op's Python stack; the lines naming the peer are what helps.
         detail = " ".join(line for line in lines if "aborted" in line or "remote target" in line) or lines[0]
@@ -220,9 +397,8 @@ class Loop:
         """Writes the checkpoint of the last completed step (unless it exists) and raises `Preempted`."""
         current = int(self.step)
         if self.saved_step != current:
-            self._save(current)
-        self.train_writer.flush()
-        self.eval_writer.flush()
+            self.save(current)
+        self._flush_writers()
         message = (
             f"SIGTERM received: stopped after step {current} of {self.total_steps}; checkpoint "
             f"{self.manager.latest_checkpoint} holds it. Restart the same command to resume "
@@ -231,11 +407,15 @@ class Loop:
         print(message, flush=True)
         raise Preempted(message)
 
-    def _save(self, current):
+    def _flush_writers(self):
+        for writer in (self.train_writer, self.eval_writer):
+            if writer is not None:
+                writer.flush()
+
+    def save(self, current):
         """Saves the checkpoint of step `current`; a full disk raises `DiskFullError` naming the folder."""
         # Flushed first: a checkpoint's step never lacks the summaries logged up to it.
-        self.train_writer.flush()
-        self.eval_writer.flush()
+        self._flush_writers()
         try:
             self.manager.save(checkpoint_number=current)
         except (OSError, tf.errors.OpError) as e:
@@ -251,14 +431,9 @@ class Loop:
         self.saved_step = current
 
     def _one_step(self, progbar, running):
-        """Runs one training step with its summaries, checkpoint and evaluation; returns the running loss."""
+        """Runs one training step and the actions due after it; returns the running loss."""
         iters = config_lib.iters_at(self.schedule, int(self.step))
-        batch = next(self.iterator)
-        if self.trainer.workers > 1:  # A global batch (config.train_batches): this worker's rows of it.
-            rows = self.config.optimization.batch_size // self.trainer.workers
-            start = self.trainer.worker_index * rows
-            batch = tf.nest.map_structure(lambda t: t[start : start + rows], batch)
-        values = self.trainer.train_step(self.trainer.split(batch), iters=iters)
+        values = self.trainer.train_step(worker_batch(self.trainer, next(self.iterator)), iters=iters)
         loss = float(values["train/loss"])
         if not math.isfinite(loss):
             # The update of this step is not saved: the newest checkpoint on
@@ -270,45 +445,11 @@ class Loop:
         self.step.assign_add(1)
         running = loss if running is None else 0.98 * running + 0.02 * loss
         progbar.update(int(self.step), values=[("loss", running)])
-        self._after_step(int(self.step), values)
+        current = int(self.step)
+        for action in self.actions:
+            if action.due(current, self.total_steps):
+                action(self, current, values)
         return running
-
-    def _after_step(self, current, values):
-        """Summaries, pictures, checkpoints and evaluation due at step `current`."""
-        config, last = self.config, current == self.total_steps
-        if current % config.run.log_every == 0 or last:
-            with self.train_writer.as_default(step=current):
-                self._write_scalars(values)
-        if (config.run.image_every and current % config.run.image_every == 0) or last:
-            with self.train_writer.as_default(step=current):
-                write_pictures(self.trainer.model, self.picture_batch, config_lib.task(config), current)
-        if current % config.run.checkpoint_every == 0 or last:
-            self._save(current)
-        if config.run.eval_every and current % config.run.eval_every == 0 and not last:
-            self.evaluate()
-
-    def _write_scalars(self, values):
-        for name in ("train/loss", "train/set_loss", "train/repr_loss"):
-            tf.summary.scalar(name, values[name])
-        for t, (inner, norm) in enumerate(zip(values["inner_loss"].numpy(), values["inner_grad_norm"].numpy())):
-            tf.summary.scalar(f"inner/loss_step_{t}", inner)
-            tf.summary.scalar(f"inner/grad_norm_step_{t}", norm)
-        optimizer = self.trainer.optimizer
-        lr = optimizer.learning_rate
-        tf.summary.scalar("train/learning_rate", lr(optimizer.iterations) if callable(lr) else lr)
-
-    def evaluate(self):
-        """Evaluates the model at every --eval_iters count and writes `eval/<metric>/iters_<n>`."""
-        print(f"Evaluating step {int(self.step)} at {', '.join(map(str, self.eval_iters))} inner steps ...", flush=True)
-        results = evaluation.evaluate(
-            self.trainer.model, self.eval_dataset, set_key=self.settings.set_key, iters_list=self.eval_iters
-        )
-        with self.eval_writer.as_default(step=int(self.step)):
-            for iters, row in results.items():
-                for name, value in row.items():
-                    if name != "num_examples":
-                        tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
-        return results
 
 
 def _is_disk_full(error):

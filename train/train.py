@@ -19,7 +19,8 @@ from dspn_tf import evaluation
 from dspn_tf.training import Trainer
 from train import checkpoints, hparams
 from train import config as config_lib
-from train.loop import Loop, NonFiniteLossError, WorkerLostError
+from train import loop as loop_lib
+from train.loop import NonFiniteLossError, WorkerLostError
 
 __all__ = ["NonFiniteLossError", "WorkerLostError", "main", "run"]
 
@@ -53,18 +54,55 @@ def main(argv):
         run_eagerly=config.run.run_eagerly,
         jit_compile=config.run.jit_compile,
     )
-    loop = Loop(config, trainer, iter(train_ds), config_lib.eval_batches(config), total_steps=total, schedule=schedule)
+    loop, evaluate = make_loop(config, trainer, train_ds, config_lib.eval_batches(config), total, schedule)
+    loop.restore()
+    loop.drop_stale_events()
+    loop.open_writers()
     print(describe_run(config, model, train_size, total), flush=True)
     if loop.chief:  # The settings on TensorBoard's HParams dashboard (train/hparams.py).
         hparams.log_settings(
-            config.run.model_dir, hparams.settings_of(config, settings, total_steps=total, train_examples=train_size)
+            config.run.model_dir,
+            hparams.settings_of(config, settings, total_steps=total, train_examples=train_size),
         )
     train_loss = loop.run()
     if loop.chief:
-        results = loop.evaluate() if config.run.evaluate_at_end else {}
+        results = evaluate.evaluate(loop) if config.run.evaluate_at_end else {}
         if results:
             report(config, results, int(loop.step))
         hparams.log_results(config.run.model_dir, results, step=int(loop.step), train_loss=train_loss)
+
+
+def make_loop(config, trainer, train_ds, eval_ds, total, schedule):
+    """The run's `Loop` with its actions (scalars, pictures, checkpoints, evaluation), and its `Evaluate`.
+
+    Neither touches the disk; the entry point restores, drops stale events and
+    opens the writers next (`Loop`).
+    """
+    model, cadence = trainer.model, config.run
+    evaluate = loop_lib.Evaluate(
+        model,
+        eval_ds,
+        set_key=trainer.settings.set_key,
+        iters_list=config_lib.eval_iters(config, model.iterative),
+        every=cadence.eval_every,
+    )
+    actions = [
+        loop_lib.WriteScalars(cadence.log_every),
+        loop_lib.WritePictures(model, next(iter(eval_ds)), config_lib.task(config), cadence.image_every),
+        loop_lib.SaveCheckpoint(cadence.checkpoint_every),
+        evaluate,
+    ]
+    loop = loop_lib.Loop(
+        trainer,
+        iter(train_ds),
+        total_steps=total,
+        model_dir=cadence.model_dir,
+        actions=actions,
+        schedule=schedule,
+        keep_checkpoints=cadence.keep_checkpoints,
+        progress=cadence.progress,
+    )
+    return loop, evaluate
 
 
 def describe_run(config, model, train_size, total):
