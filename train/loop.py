@@ -312,7 +312,7 @@ class Loop:
         current = int(self.step)
         checkpoints.remove_interrupted_saves(self._shared_checkpoints)
         dropped = summaries.purge_after(os.path.join(self.model_dir, "train"), current)
-        redo_eval = bool(self._redo) or current == self.total_steps
+        redo_eval = any(isinstance(a, Evaluate) for a in self._redo) or current == self.total_steps
         dropped += summaries.purge_after(os.path.join(self.model_dir, "eval"), current - 1 if redo_eval else current)
         # Every start logs the run's HParams settings again (train.train) and its results at the end.
         dropped += summaries.purge_after(os.path.join(self.model_dir, "hparams"), -1)
