@@ -88,10 +88,20 @@ def test_when_each_action_is_due(action, due_steps):
     assert [step for step in range(1, 8) if action.due(step, 7)] == due_steps
 
 
+def _fake_trainer(workers, index, split):
+    """A trainer on worker `index` of `workers` (one replica each), as `Trainer` and its strategy describe it."""
+    strategy = types.SimpleNamespace(
+        num_replicas_in_sync=workers,
+        extended=types.SimpleNamespace(worker_devices=[f"/job:worker/task:{index}/device:CPU:0"]),
+        cluster_resolver=types.SimpleNamespace(task_type="worker" if workers > 1 else None, task_id=index),
+    )
+    return types.SimpleNamespace(
+        workers=workers, worker_index=index, global_batch_size=4, strategy=strategy, split=split
+    )
+
+
 def test_worker_batch_is_the_one_split():
     batch = {"set": tf.reshape(tf.range(8.0), [4, 2])}
-    single = types.SimpleNamespace(workers=1, worker_index=0, global_batch_size=4, split=lambda b: b)
-    assert loop_lib.worker_batch(single, batch) is batch
-    second = types.SimpleNamespace(workers=2, worker_index=1, global_batch_size=4, split=lambda b: ("split", b))
-    tag, rows = loop_lib.worker_batch(second, batch)
+    assert loop_lib.worker_batch(_fake_trainer(1, 0, lambda b: b), batch) is batch
+    tag, rows = loop_lib.worker_batch(_fake_trainer(2, 1, lambda b: ("split", b)), batch)
     assert tag == "split" and rows["set"].numpy().tolist() == [[4.0, 5.0], [6.0, 7.0]]
