@@ -1,11 +1,13 @@
-"""Two workers of --strategy=multi_worker on this machine over loopback (issue 13).
+"""Two workers of --strategy=multi_worker on this machine over loopback (issue 13), and the run-level files.
 
-One test, three phases, each a pair of real `python -m train.train` processes with
+The first test has three phases, each a pair of real `python -m train.train` processes with
 `TF_CONFIG` naming 127.0.0.1 ports: (1) train until the chief's second checkpoint,
 then SIGKILL the other worker: the chief must stop with `WorkerLostError`'s message
 and exit code 4 within a bounded time; (2) restart both: they resume from the chief's
 newest checkpoint and finish; (3) a single process trains the same number of steps
 on the same global batch: its loss at every step equals the two workers'.
+The others check that only the chief writes run-level files (flags.txt, results)
+and that concurrent atomic writes of one file never share a temporary name (issue 22).
 """
 
 import json
@@ -15,11 +17,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import types
 
 import pytest
+import tensorflow as tf
 
 from tests.test_train import ROOT
+from train import checkpoints
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import kill_drill  # noqa: E402  (its TensorBoard event reader)
@@ -143,3 +149,64 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
     error = max(abs(two[s][0] - one[s][0]) for s in one)
     print(f"max |loss(2 workers) - loss(1 process)| over {target} steps: {error:.3g}")
     assert error < 1e-5
+
+
+def _worker_strategy(task_id):
+    """What `is_chief` reads of a multi-worker strategy: its cluster resolver's task."""
+    return types.SimpleNamespace(cluster_resolver=types.SimpleNamespace(task_type="worker", task_id=task_id))
+
+
+def test_only_the_chief_writes_run_level_files(tmp_path):
+    path = str(tmp_path / "flags.txt")
+    assert not checkpoints.write_run_file(_worker_strategy(1), path, "--from_worker_1\n")
+    assert os.listdir(tmp_path) == []
+    assert checkpoints.write_run_file(_worker_strategy(0), path, "--from_worker_0\n")
+    assert checkpoints.write_run_file(tf.distribute.get_strategy(), path, "--single\n")
+    assert os.listdir(tmp_path) == ["flags.txt"]
+    with open(path) as f:
+        assert f.read() == "--single\n"
+
+
+def test_concurrent_atomic_writes_of_one_file_never_collide(tmp_path):
+    # The same process (one pid) in several threads: the random part of the temporary name keeps them apart.
+    path, errors = str(tmp_path / "eval_results.json"), []
+    contents = [{"writer": w, "payload": "x" * 5000} for w in range(4)]
+
+    def write(payload):
+        try:
+            for _ in range(100):
+                checkpoints.write_results(path, payload)
+        except Exception as e:  # noqa: BLE001  Reported by the assertion below.
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(payload,)) for payload in contents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with open(path) as f:
+        assert json.load(f) in contents  # One writer's whole file.
+    assert os.listdir(tmp_path) == ["eval_results.json"]  # No temporaries left.
+
+
+def test_atomic_write_keeps_the_old_file_and_removes_a_dead_writers_temporary(tmp_path, monkeypatch):
+    path = str(tmp_path / "flags.txt")
+    checkpoints.write_atomic(path, "old\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f"flags.txt.tmp-{socket.gethostname()}-{dead.pid}-0123abcd"
+    leftover.write_text("half of a killed writer's file")
+    live = tmp_path / f"flags.txt.tmp-{socket.gethostname()}-{os.getpid()}-0123abcd"
+    live.write_text("a live writer's file")
+
+    def fail(src, dst):
+        raise OSError("simulated failure of the rename")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", fail)
+        with pytest.raises(OSError, match="simulated"):
+            checkpoints.write_atomic(path, "new\n")
+    assert sorted(os.listdir(tmp_path)) == ["flags.txt", live.name]
+    with open(path) as f:
+        assert f.read() == "old\n"

@@ -31,11 +31,7 @@ def main(argv):
     strategy = config_lib.make_strategy(config)
     settings = config_lib.loss_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
-    # Temp + rename: a run killed here leaves the previous flags.txt whole.
-    flags_path = os.path.join(config.model_dir, "flags.txt")
-    with open(flags_path + ".tmp", "w") as f:
-        f.write(config.flags_text)
-    os.replace(flags_path + ".tmp", flags_path)
+    checkpoints.write_run_file(strategy, os.path.join(config.model_dir, "flags.txt"), config.flags_text)
 
     train_ds, train_size = config_lib.train_batches(config, strategy)
     total = config_lib.total_steps(config, train_size)
