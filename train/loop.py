@@ -19,7 +19,7 @@ import tensorflow as tf
 from dspn_tf import evaluation, visualize
 from dspn_tf.data import clevr
 from dspn_tf.training import is_chief
-from train import checkpoints, progress, summaries
+from train import checkpoints, events, progress, summaries
 from train import config as config_lib
 
 
@@ -137,6 +137,7 @@ class Loop:
         latest = checkpoints.restore(state, shared_dir, required=False, partial=False, resume=True)
         if latest:
             print(f"Resumed from {latest} at step {int(self.step)}.", flush=True)
+            events.emit(self.config.model_dir, events.RESUMED, chief=self.chief, step=int(self.step), checkpoint=latest)
         # Saving is collective under multi-worker strategies: every worker writes,
         # but only the chief into the run directory (the others into scratch).
         own_dir = shared_dir
@@ -246,6 +247,7 @@ class Loop:
                 f"command to resume from it. ({e})",
             ) from e
         self.saved_step = current
+        events.emit(self.config.model_dir, events.CHECKPOINT, chief=self.chief, step=current)
 
     def _one_step(self, progbar, running):
         """Runs one training step with its summaries, checkpoint and evaluation; returns the running loss."""
@@ -297,6 +299,7 @@ class Loop:
     def evaluate(self):
         """Evaluates the model at every --eval_iters count and writes `eval/<metric>/iters_<n>`."""
         print(f"Evaluating step {int(self.step)} at {', '.join(map(str, self.eval_iters))} inner steps ...", flush=True)
+        events.emit(self.config.model_dir, events.EVALUATING, chief=self.chief, step=int(self.step))
         results = evaluation.evaluate(
             self.trainer.model, self.eval_dataset, set_key=self.settings.set_key, iters_list=self.eval_iters
         )
@@ -305,6 +308,7 @@ class Loop:
                 for name, value in row.items():
                     if name != "num_examples":
                         tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
+        events.emit(self.config.model_dir, events.EVALUATED, chief=self.chief, step=int(self.step))
         return results
 
 

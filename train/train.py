@@ -16,8 +16,8 @@ import keras
 from absl import app, logging
 
 from dspn_tf import evaluation
-from dspn_tf.training import Trainer
-from train import checkpoints, hparams
+from dspn_tf.training import Trainer, is_chief
+from train import checkpoints, events, hparams
 from train import config as config_lib
 from train.loop import Loop, NonFiniteLossError, WorkerLostError
 
@@ -32,6 +32,7 @@ def main(argv):
     settings = config_lib.loss_settings(config)
     os.makedirs(config.model_dir, exist_ok=True)
     checkpoints.write_run_file(strategy, os.path.join(config.model_dir, "flags.txt"), config.flags_text)
+    events.emit(config.model_dir, events.START, chief=is_chief(strategy))
 
     train_ds, train_size = config_lib.train_batches(config, strategy)
     total = config_lib.total_steps(config, train_size)
@@ -51,16 +52,19 @@ def main(argv):
     )
     loop = Loop(config, trainer, iter(train_ds), config_lib.eval_batches(config), total_steps=total, schedule=schedule)
     print(describe_run(config, model, train_size, total), flush=True)
+    events.emit(config.model_dir, events.TRAINING, chief=loop.chief, step=int(loop.step), total_steps=total)
     if loop.chief:  # The settings on TensorBoard's HParams dashboard (train/hparams.py).
         hparams.log_settings(
             config.model_dir, hparams.settings_of(config, settings, total_steps=total, train_examples=train_size)
         )
     train_loss = loop.run()
+    events.emit(config.model_dir, events.TRAINED, chief=loop.chief, step=int(loop.step))
     if loop.chief:
         results = loop.evaluate() if config.evaluate_at_end else {}
         if results:
             report(config, results, int(loop.step))
         hparams.log_results(config.model_dir, results, step=int(loop.step), train_loss=train_loss)
+    events.emit(config.model_dir, events.DONE, chief=loop.chief, step=int(loop.step))
 
 
 def describe_run(config, model, train_size, total):
