@@ -6,8 +6,9 @@ then SIGKILL the other worker: the chief must stop with `WorkerLostError`'s mess
 and exit code 4 within a bounded time; (2) restart both: they resume from the chief's
 newest checkpoint and finish; (3) a single process trains the same number of steps
 on the same global batch: its loss at every step equals the two workers'.
-The others check that only the chief writes run-level files (flags.txt, results)
-and that concurrent atomic writes of one file never share a temporary name (issue 22).
+The others check that only the chief writes run-level files (flags.txt, results),
+that concurrent atomic writes of one file never share a temporary name, and the
+split of a global batch into a worker's rows (issue 22).
 """
 
 import json
@@ -21,9 +22,11 @@ import threading
 import time
 import types
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
+from dspn_tf import batch_losses, cluster, loss_settings, training
 from tests.test_train import ROOT
 from train import checkpoints
 
@@ -151,9 +154,13 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
     assert error < 1e-5
 
 
-def _worker_strategy(task_id):
-    """What `is_chief` reads of a multi-worker strategy: its cluster resolver's task."""
-    return types.SimpleNamespace(cluster_resolver=types.SimpleNamespace(task_type="worker", task_id=task_id))
+def _worker_strategy(task_id, workers=2, local_replicas=1):
+    """What `dspn_tf.cluster` reads of a multi-worker strategy: its replicas, local devices and task."""
+    return types.SimpleNamespace(
+        cluster_resolver=types.SimpleNamespace(task_type="worker", task_id=task_id),
+        num_replicas_in_sync=workers * local_replicas,
+        extended=types.SimpleNamespace(worker_devices=[f"/cpu:{i}" for i in range(local_replicas)]),
+    )
 
 
 def test_only_the_chief_writes_run_level_files(tmp_path):
@@ -210,3 +217,29 @@ def test_atomic_write_keeps_the_old_file_and_removes_a_dead_writers_temporary(tm
     assert sorted(os.listdir(tmp_path)) == ["flags.txt", live.name]
     with open(path) as f:
         assert f.read() == "old\n"
+
+
+def test_each_worker_trains_on_its_own_rows_of_the_global_batch():
+    batch = {"set": np.arange(24, dtype=np.float32).reshape(8, 3), "mask": np.arange(8, dtype=np.float32)}
+    single = tf.distribute.get_strategy()
+    assert cluster.worker_rows(single, batch, 8) is batch
+    seen = []
+    for index in range(2):
+        strategy = _worker_strategy(index, workers=2, local_replicas=2)
+        assert cluster.workers(strategy) == (2, index, 2)
+        rows = cluster.worker_rows(strategy, batch, 8)
+        np.testing.assert_array_equal(rows["set"], batch["set"][4 * index : 4 * index + 4])
+        seen += list(np.asarray(rows["mask"]))
+    assert seen == list(range(8))  # Together the workers cover the global batch once.
+
+
+def test_the_parts_of_training_are_importable_from_dspn_tf_training_as_before():
+    homes = {
+        loss_settings: ["LossSettings"],
+        batch_losses: ["check_settings", "per_sample_losses", "loss_and_gradients"],
+        cluster: ["cluster_task", "is_chief", "workers", "worker_rows", "split_for_replicas"],
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(training, name) is getattr(module, name), name
+    assert sorted(training.__all__) == sorted(["Trainer", *(n for names in homes.values() for n in names)])

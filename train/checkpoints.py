@@ -11,7 +11,7 @@ import socket
 import tensorflow as tf
 from absl import logging
 
-from dspn_tf.training import is_chief
+from dspn_tf.cluster import is_chief
 
 
 class CheckpointUnreadableError(ValueError):
@@ -188,7 +188,7 @@ def write_run_file(strategy, path, text):
     """Writes a run-level file (e.g. `flags.txt`) of `strategy`'s run atomically, on its chief only.
 
     The workers of a multi-worker run share the run directory, so only the chief
-    (`dspn_tf.training.is_chief`) writes the files that describe the whole run.
+    (`dspn_tf.cluster.is_chief`) writes the files that describe the whole run.
 
     Args:
         strategy: The run's `tf.distribute.Strategy`.

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from dspn_tf import evaluation, visualize
 from dspn_tf.data import clevr
-from dspn_tf.training import is_chief
+from dspn_tf.training import is_chief, worker_rows
 from train import checkpoints, events, progress, summaries
 from train import config as config_lib
 
@@ -252,11 +252,8 @@ class Loop:
     def _one_step(self, progbar, running):
         """Runs one training step with its summaries, checkpoint and evaluation; returns the running loss."""
         iters = config_lib.iters_at(self.schedule, int(self.step))
-        batch = next(self.iterator)
-        if self.trainer.workers > 1:  # A global batch (config.train_batches): this worker's rows of it.
-            rows = self.config.batch_size // self.trainer.workers
-            start = self.trainer.worker_index * rows
-            batch = tf.nest.map_structure(lambda t: t[start : start + rows], batch)
+        batch = next(self.iterator)  # A global batch (config.train_batches): this worker's rows of it.
+        batch = worker_rows(self.trainer.strategy, batch, self.config.batch_size)
         values = self.trainer.train_step(self.trainer.split(batch), iters=iters)
         loss = float(values["train/loss"])
         if not math.isfinite(loss):
