@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from dspn_tf import batch_losses, cluster, loss_settings, training
 from tests.test_train import ROOT
-from train import checkpoints
+from train import checkpoints, events
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import kill_drill  # noqa: E402  (its TensorBoard event reader)
@@ -108,6 +108,7 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
 
     # (1) Kill the non-chief worker once the chief has written its second checkpoint.
     procs = _workers(model_dir, cache, logs, "first", "--train_steps=100000")
+    chiefs = [procs[0].pid]
     try:
         deadline = time.time() + 240
         while not os.path.exists(checkpoint) and time.time() < deadline and procs[0].poll() is None:
@@ -131,6 +132,7 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
 
     # (2) Restart both: they resume from the chief's newest checkpoint and finish.
     procs = _workers(model_dir, cache, logs, "restart", f"--train_steps={target}")
+    chiefs.append(procs[0].pid)
     codes = _wait_all(procs, 240)
     for index in range(2):
         text = _log(logs, "restart", index)
@@ -138,6 +140,14 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
         assert re.search(rf"Resumed from \S+/checkpoints/ckpt-{resume_step} at step {resume_step}\.", text), text[
             -3000:
         ]
+
+    # Run-level files came from the chief alone: its phase events only, no temporary left behind.
+    found, _ = events.read(model_dir)
+    assert {e["pid"] for e in found} == set(chiefs), found
+    phases = [(e["event"], e.get("step")) for e in found if e["pid"] == chiefs[1]]
+    assert phases[:2] == [("start", None), ("resumed", resume_step)] and phases[-1] == ("done", target), phases
+    assert os.path.isfile(os.path.join(model_dir, "flags.txt"))
+    assert not [name for name in os.listdir(model_dir) if ".tmp" in name]
 
     # (3) One process, the same global batch and steps.
     single = str(tmp_path / "single")
