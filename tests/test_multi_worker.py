@@ -1,11 +1,14 @@
-"""Two workers of --strategy=multi_worker on this machine over loopback (issue 13).
+"""Two workers of --strategy=multi_worker on this machine over loopback (issue 13), and the run-level files.
 
-One test, three phases, each a pair of real `python -m train.train` processes with
+The first test has three phases, each a pair of real `python -m train.train` processes with
 `TF_CONFIG` naming 127.0.0.1 ports: (1) train until the chief's second checkpoint,
 then SIGKILL the other worker: the chief must stop with `WorkerLostError`'s message
 and exit code 4 within a bounded time; (2) restart both: they resume from the chief's
 newest checkpoint and finish; (3) a single process trains the same number of steps
 on the same global batch: its loss at every step equals the two workers'.
+The others check that only the chief writes run-level files (flags.txt, results),
+that concurrent atomic writes of one file never share a temporary name, and the
+split of a global batch into a worker's rows (issue 22).
 """
 
 import json
@@ -15,11 +18,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import types
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
+from dspn_tf import batch_losses, cluster, loss_settings, training
 from tests.test_train import ROOT
+from train import checkpoints, events
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import kill_drill  # noqa: E402  (its TensorBoard event reader)
@@ -99,6 +108,7 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
 
     # (1) Kill the non-chief worker once the chief has written its second checkpoint.
     procs = _workers(model_dir, cache, logs, "first", "--train_steps=100000")
+    chiefs = [procs[0].pid]
     try:
         deadline = time.time() + 240
         while not os.path.exists(checkpoint) and time.time() < deadline and procs[0].poll() is None:
@@ -122,6 +132,7 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
 
     # (2) Restart both: they resume from the chief's newest checkpoint and finish.
     procs = _workers(model_dir, cache, logs, "restart", f"--train_steps={target}")
+    chiefs.append(procs[0].pid)
     codes = _wait_all(procs, 240)
     for index in range(2):
         text = _log(logs, "restart", index)
@@ -129,6 +140,14 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
         assert re.search(rf"Resumed from \S+/checkpoints/ckpt-{resume_step} at step {resume_step}\.", text), text[
             -3000:
         ]
+
+    # Run-level files came from the chief alone: its phase events only, no temporary left behind.
+    found, _ = events.read(model_dir)
+    assert {e["pid"] for e in found} == set(chiefs), found
+    phases = [(e["event"], e.get("step")) for e in found if e["pid"] == chiefs[1]]
+    assert phases[:2] == [("start", None), ("resumed", resume_step)] and phases[-1] == ("done", target), phases
+    assert os.path.isfile(os.path.join(model_dir, "flags.txt"))
+    assert not [name for name in os.listdir(model_dir) if ".tmp" in name]
 
     # (3) One process, the same global batch and steps.
     single = str(tmp_path / "single")
@@ -143,3 +162,94 @@ def test_two_workers_lose_one_resume_and_equal_one_process(tmp_path):
     error = max(abs(two[s][0] - one[s][0]) for s in one)
     print(f"max |loss(2 workers) - loss(1 process)| over {target} steps: {error:.3g}")
     assert error < 1e-5
+
+
+def _worker_strategy(task_id, workers=2, local_replicas=1):
+    """What `dspn_tf.cluster` reads of a multi-worker strategy: its replicas, local devices and task."""
+    return types.SimpleNamespace(
+        cluster_resolver=types.SimpleNamespace(task_type="worker", task_id=task_id),
+        num_replicas_in_sync=workers * local_replicas,
+        extended=types.SimpleNamespace(worker_devices=[f"/cpu:{i}" for i in range(local_replicas)]),
+    )
+
+
+def test_only_the_chief_writes_run_level_files(tmp_path):
+    path = str(tmp_path / "flags.txt")
+    assert not checkpoints.write_run_file(_worker_strategy(1), path, "--from_worker_1\n")
+    assert os.listdir(tmp_path) == []
+    assert checkpoints.write_run_file(_worker_strategy(0), path, "--from_worker_0\n")
+    assert checkpoints.write_run_file(tf.distribute.get_strategy(), path, "--single\n")
+    assert os.listdir(tmp_path) == ["flags.txt"]
+    with open(path) as f:
+        assert f.read() == "--single\n"
+
+
+def test_concurrent_atomic_writes_of_one_file_never_collide(tmp_path):
+    # The same process (one pid) in several threads: the random part of the temporary name keeps them apart.
+    path, errors = str(tmp_path / "eval_results.json"), []
+    contents = [{"writer": w, "payload": "x" * 5000} for w in range(4)]
+
+    def write(payload):
+        try:
+            for _ in range(100):
+                checkpoints.write_results(path, payload)
+        except Exception as e:  # noqa: BLE001  Reported by the assertion below.
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(payload,)) for payload in contents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with open(path) as f:
+        assert json.load(f) in contents  # One writer's whole file.
+    assert os.listdir(tmp_path) == ["eval_results.json"]  # No temporaries left.
+
+
+def test_atomic_write_keeps_the_old_file_and_removes_a_dead_writers_temporary(tmp_path, monkeypatch):
+    path = str(tmp_path / "flags.txt")
+    checkpoints.write_atomic(path, "old\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f"flags.txt.tmp-{socket.gethostname()}-{dead.pid}-0123abcd"
+    leftover.write_text("half of a killed writer's file")
+    live = tmp_path / f"flags.txt.tmp-{socket.gethostname()}-{os.getpid()}-0123abcd"
+    live.write_text("a live writer's file")
+
+    def fail(src, dst):
+        raise OSError("simulated failure of the rename")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", fail)
+        with pytest.raises(OSError, match="simulated"):
+            checkpoints.write_atomic(path, "new\n")
+    assert sorted(os.listdir(tmp_path)) == ["flags.txt", live.name]
+    with open(path) as f:
+        assert f.read() == "old\n"
+
+
+def test_each_worker_trains_on_its_own_rows_of_the_global_batch():
+    batch = {"set": np.arange(24, dtype=np.float32).reshape(8, 3), "mask": np.arange(8, dtype=np.float32)}
+    single = tf.distribute.get_strategy()
+    assert cluster.worker_rows(single, batch, 8) is batch
+    seen = []
+    for index in range(2):
+        strategy = _worker_strategy(index, workers=2, local_replicas=2)
+        assert cluster.workers(strategy) == (2, index, 2)
+        rows = cluster.worker_rows(strategy, batch, 8)
+        np.testing.assert_array_equal(rows["set"], batch["set"][4 * index : 4 * index + 4])
+        seen += list(np.asarray(rows["mask"]))
+    assert seen == list(range(8))  # Together the workers cover the global batch once.
+
+
+def test_the_parts_of_training_are_importable_from_dspn_tf_training_as_before():
+    homes = {
+        loss_settings: ["LossSettings"],
+        batch_losses: ["check_settings", "per_sample_losses", "loss_and_gradients"],
+        cluster: ["cluster_task", "is_chief", "workers", "worker_rows", "split_for_replicas"],
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(training, name) is getattr(module, name), name
+    assert sorted(training.__all__) == sorted(["Trainer", *(n for names in homes.values() for n in names)])

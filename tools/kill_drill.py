@@ -7,14 +7,21 @@ small budget, `--deterministic`) once uninterrupted as the reference, then runs 
 same command again in a fresh run directory and cache, SIGKILLing its process group
 (as a node or container kill does) at random moments, restarting the same command
 each time, until `--kills` kills have landed; the last start runs to the end. The
-kills rotate over the moments that matter: first-run data generation and its cache
-write, training steps, checkpoint writes and evaluation (periodic and final).
+kills rotate over the moments that matter (`--moments`): first-run data generation
+and its cache write, training steps, checkpoint writes and evaluation (periodic and
+final). The moments are found from the run's machine-readable phase events
+(`train/events.py`: `--model_dir/run_events.jsonl`) and its files, not from the
+sentences it prints.
 
 Afterwards it checks, and reports as JSON:
 
+- as many kills landed as were asked for (a run that ends before the next kill
+  moment comes fails the drill, naming how many landed);
 - every start either was killed by the drill or ended with exit code 0 at the
-  target step, and none printed a traceback or had to skip an unreadable checkpoint
-  (so no partial checkpoint, cache or generated dataset was ever read);
+  target step, none printed a Python traceback, and each resumed from the newest
+  checkpoint on disk when it began (so no partial checkpoint was ever written where
+  a complete one belongs, and none had to be skipped; nor was a partial cache or
+  generated dataset ever read);
 - the final checkpoint's step is the target, and its weights, optimizer state and
   the final loss equal the reference's (`--deterministic`);
 - the generated data cache equals the reference's;
@@ -23,8 +30,8 @@ Afterwards it checks, and reports as JSON:
   the steps redone after a resume);
 - `eval_results.json` equals the reference's.
 
-The exit code is 0 when every check passes. `tests/test_kill_drill.py` runs a short
-version with a tiny model.
+The exit code is 0 when every check passes, else 1 with the failures on stderr.
+`tests/test_kill_drill.py` runs a short version with a tiny model.
 """
 
 import argparse
@@ -44,6 +51,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from train import events  # noqa: E402  (after the repository root is on the path)
+
 DEFAULT_CONFIG = "configs/clevr_mini_state_autoencoder_dspn.cfg"
 # A small budget of the quick start's config: every moment worth a kill comes
 # round within a few seconds, and 20+ restarts fit in minutes on two cores.
@@ -60,7 +69,7 @@ DEFAULT_OVERRIDES = (
     "--deterministic",
     "--noprogress",
 )
-TRAINING_MOMENTS = ("step", "checkpoint", "evaluation")
+MOMENTS = ("data", "step", "checkpoint", "evaluation")
 # Names of the temporary files and folders the writers rename into place.
 _TEMP_PATTERNS = ("**/.clevr_states-*", "**/.CLEVR_v1.0.partial-*", "**/*.tmp-*", "**/.purging.tmp", "**/*_temp*")
 
@@ -78,10 +87,20 @@ def command(config, model_dir, cache_dir, overrides):
 
 
 class Start:
-    """One start of the command: its process (own process group), output lines and when each arrived."""
+    """One start of the command: its process (own process group), output lines, and the phase events it wrote.
 
-    def __init__(self, argv):
+    Args:
+        argv: The command.
+        model_dir: Its run directory; the events this process appends to its events
+            file (`train/events.py`) from now on are this start's.
+    """
+
+    def __init__(self, argv, model_dir):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.model_dir = model_dir
+        self.newest_checkpoint = newest_checkpoint_step(model_dir)  # What this start should resume from.
+        self.events = []  # This start's events, each with "seconds" since the start.
+        self._offset = events.size(model_dir)
         self.started = time.time()
         self.proc = subprocess.Popen(
             argv,
@@ -106,19 +125,28 @@ class Start:
     def text(self):
         return "\n".join(line for _, line in self.lines)
 
-    def wait_for(self, pattern, timeout):
-        """Seconds since start when a line matching `pattern` arrived; None if the process ended or timed out."""
+    def read_events(self):
+        """Reads the events this start wrote since the last call into `self.events`; returns `self.events`."""
+        found, self._offset = events.read(self.model_dir, self._offset)
+        for record in found:
+            if record.get("pid") == self.proc.pid:
+                self.events.append({**record, "seconds": record.get("time", self.started) - self.started})
+        return self.events
+
+    def event(self, name, where=None):
+        """This start's first event `name` (for which `where(event)` holds) read so far, or None."""
+        return next((e for e in self.events if e["event"] == name and (where is None or where(e))), None)
+
+    def wait_for_event(self, name, timeout, where=None):
+        """Waits for this start's event `name` (for which `where(event)` holds); None if the process ended or timed out."""
         deadline = time.time() + timeout
-        seen = 0
-        with self.changed:
-            while True:
-                for t, line in self.lines[seen:]:
-                    if re.search(pattern, line):
-                        return t
-                seen = len(self.lines)
-                if self.proc.poll() is not None or time.time() > deadline:
-                    return None
-                self.changed.wait(0.05)
+        while True:
+            ended = self.proc.poll() is not None  # Before reading: an event written just before the end counts.
+            self.read_events()
+            found = self.event(name, where)
+            if found is not None or ended or time.time() > deadline:
+                return found
+            time.sleep(0.01)
 
     def kill(self):
         try:
@@ -135,6 +163,12 @@ class Start:
             code = self.proc.wait(timeout=60)
         self.reader.join(timeout=10)
         return code
+
+
+def newest_checkpoint_step(model_dir):
+    """The largest step of a checkpoint index in `model_dir/checkpoints`, or 0 if there is none."""
+    names = glob.glob(os.path.join(glob.escape(model_dir), "checkpoints", "ckpt-*.index"))
+    return max((int(m.group(1)) for n in names if (m := re.search(r"ckpt-(\d+)\.index$", n))), default=0)
 
 
 def temp_artefacts(folder):
@@ -163,16 +197,16 @@ def _kill_at(start, moment, rng, model_dir, cache_dir, timing):
                 break
             time.sleep(0.002)
     elif moment == "step":
-        if start.wait_for(r"^Budget:", timeout=600) is None:
+        if start.wait_for_event(events.TRAINING, timeout=600) is None:
             return None
         # After this start's first new checkpoint, so that the drill moves through the run
         # (a kill right after every resume would keep redoing the same steps).
         resumed = _resume_step(start)
-        if not _wait_for_checkpoint_after(start, model_dir, resumed, timeout=120):
+        if start.wait_for_event(events.CHECKPOINT, timeout=120, where=lambda e: e["step"] > resumed) is None:
             return None
         time.sleep(rng.uniform(0.0, timing["steps"]))
     elif moment == "checkpoint":
-        if start.wait_for(r"^Budget:", timeout=600) is None:
+        if start.wait_for_event(events.TRAINING, timeout=600) is None:
             return None
         checkpoint_dir = os.path.join(model_dir, "checkpoints")
         # Only a save of this start counts (the loop removes a killed start's leftovers, but not instantly).
@@ -191,19 +225,27 @@ def _kill_at(start, moment, rng, model_dir, cache_dir, timing):
                 break
             time.sleep(0.001)
     elif moment == "evaluation":
-        # Half the time the next evaluation past the resume step (not the one redone at it).
+        # Half the time the next evaluation past the resume step (not the one redone at it); the resume
+        # step is known once training begins.
+        if start.wait_for_event(events.TRAINING, timeout=600) is None:
+            return None
         resumed = _resume_step(start) if rng.random() < 0.5 else -1
-        if start.wait_for(rf"^Evaluating step ({_later_than(resumed)})\b", timeout=600) is None:
+        began = start.wait_for_event(events.EVALUATING, timeout=600, where=lambda e: e["step"] > resumed)
+        if began is None:
             return None
         time.sleep(rng.uniform(0.0, timing["evaluation"]))
-        if start.lines and not start.lines[-1][1].startswith("Evaluating step"):
+        start.read_events()
+        if start.event(events.EVALUATED, where=lambda e: e["step"] == began["step"]) is not None:
             moment = "after evaluation"
     if start.proc.poll() is not None:
         return None
+    start.read_events()
+    last_event = start.events[-1] if start.events else {}
     hit = {
         "moment": moment,
         "seconds": round(time.time() - start.started, 2),
         "temp_files": [os.path.relpath(p, workdir) for p in temp_artefacts(workdir) if p not in stale],
+        "last_event": {k: v for k, v in last_event.items() if k not in ("time", "pid", "seconds")},
         "last_line": start.lines[-1][1] if start.lines else "",
         "data_ready": data_ready(cache_dir),
     }
@@ -213,27 +255,28 @@ def _kill_at(start, moment, rng, model_dir, cache_dir, timing):
 
 
 def _resume_step(start):
-    match = re.search(r"Resumed from \S+ at step (\d+)", start.text())
-    return int(match.group(1)) if match else 0
+    """The step this start resumed at (its `resumed` event), 0 if it started afresh."""
+    resumed = start.event(events.RESUMED)
+    return int(resumed["step"]) if resumed else 0
 
 
-def _later_than(step):
-    """A regex matching the decimal numbers greater than `step` (>= 0), or any number if `step` < 0."""
-    if step < 0:
-        return r"\d+"
-    return "|".join([rf"[1-9]\d{{{len(str(step))},}}"] + [str(n) for n in range(step + 1, 10 ** len(str(step)))])
+def _resume_problem(start, number):
+    """Why start `number` did not resume from the newest checkpoint on disk when it began; None if it did.
 
-
-def _wait_for_checkpoint_after(start, model_dir, step, timeout):
-    """Waits until the run has a complete checkpoint newer than `step`; False if it ended or timed out."""
-    deadline = time.time() + timeout
-    while start.proc.poll() is None and time.time() < deadline:
-        names = glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index"))
-        numbers = [int(re.search(r"ckpt-(\d+)\.index$", n).group(1)) for n in names]
-        if numbers and max(numbers) > step:
-            return True
-        time.sleep(0.02)
-    return False
+    A start that skipped an unreadable checkpoint (a partial one written where a complete
+    one belongs) or lost one resumes at an older step. Starts killed before they restored
+    (no `resumed` or `training` event) are not judged.
+    """
+    start.read_events()
+    if start.event(events.RESUMED) is None and start.event(events.TRAINING) is None:
+        return None
+    resumed = _resume_step(start)
+    if resumed == start.newest_checkpoint:
+        return None
+    return (
+        f"start {number} resumed at step {resumed}, but the newest checkpoint on disk when it began was "
+        f"step {start.newest_checkpoint}"
+    )
 
 
 def _mtime(path):
@@ -244,11 +287,8 @@ def _mtime(path):
 
 
 def _problems_in(output):
-    problems = []
-    for marker in ("Traceback", "Skipping unreadable checkpoint", "Falling back to", "unreadable"):
-        if marker in output:
-            problems.append(marker)
-    return problems
+    """A Python traceback in a start's output (the interpreter's marker of an exception it printed)."""
+    return ["Traceback"] if "Traceback (most recent call last)" in output else []
 
 
 def _checkpoint_tensors(model_dir):
@@ -375,8 +415,36 @@ def compare_runs(reference_dir, drilled_dir, reference_cache, drilled_cache):
     return failures, figures
 
 
-def drill(workdir, *, kills, config=DEFAULT_CONFIG, overrides=DEFAULT_OVERRIDES, seed=0, max_starts=None, log=print):
-    """Runs the reference and the drilled run under `workdir`; returns the report dict."""
+def drill(
+    workdir,
+    *,
+    kills,
+    config=DEFAULT_CONFIG,
+    overrides=DEFAULT_OVERRIDES,
+    seed=0,
+    max_starts=None,
+    moments=MOMENTS,
+    log=print,
+):
+    """Runs the reference and the drilled run under `workdir`; returns the report dict.
+
+    Args:
+        workdir: An empty folder for both runs and their caches.
+        kills: SIGKILLs to land before the run may finish; fewer is a failure.
+        config: Flagfile of the run.
+        overrides: Flags after the flagfile.
+        seed: Seed of the kill moments.
+        max_starts: Starts after which the drill gives up (default `4 * kills + 10`).
+        moments: Which of `MOMENTS` to kill at ("data" only while the first start's data is not cached).
+        log: Called with a line of progress.
+
+    Returns:
+        The report dict; its `failures` list is empty when every check passed.
+    """
+    unknown = set(moments) - set(MOMENTS)
+    if unknown or not moments:
+        raise ValueError(f"kill drill: moments must be some of {MOMENTS}; received {tuple(moments)}.")
+    training_moments = [m for m in MOMENTS if m in moments and m != "data"]
     rng = random.Random(seed)
     reference_dir, reference_cache = (
         os.path.join(workdir, "reference", "run"),
@@ -386,15 +454,24 @@ def drill(workdir, *, kills, config=DEFAULT_CONFIG, overrides=DEFAULT_OVERRIDES,
     for folder in (reference_dir, drilled_dir):
         if os.path.exists(folder):
             raise FileExistsError(f"{folder} exists: give the drill an empty --workdir.")
-    report = {"config": config, "overrides": list(overrides), "kills_tried": 0, "kills": [], "starts": 0}
+    report = {
+        "config": config,
+        "overrides": list(overrides),
+        "kills_asked": kills,
+        "kills_tried": 0,
+        "kills": [],
+        "starts": 0,
+    }
 
     log("Reference run (uninterrupted) ...")
-    reference = Start(command(config, reference_dir, reference_cache, overrides))
+    reference = Start(command(config, reference_dir, reference_cache, overrides), reference_dir)
     code = reference.finish(timeout=1800)
     if code != 0:
         raise RuntimeError(f"The reference run failed (exit code {code}):\n{reference.text()[-3000:]}")
-    budget = reference.wait_for(r"^Budget:", 0) or 5.0
-    trained = reference.wait_for(r"^Trained \d+ steps", 0) or budget + 5.0
+    reference.read_events()
+    training, trained = reference.event(events.TRAINING), reference.event(events.TRAINED)
+    budget = training["seconds"] if training else 5.0
+    trained = trained["seconds"] if trained else budget + 5.0
     timing = {
         "data": budget,
         "steps": max(0.5, min(3.0, (trained - budget) / 4)),
@@ -412,7 +489,7 @@ def drill(workdir, *, kills, config=DEFAULT_CONFIG, overrides=DEFAULT_OVERRIDES,
         if report["starts"] > max_starts:
             failures.append(f"gave up after {max_starts} starts")
             break
-        start = Start(argv)
+        start = Start(argv, drilled_dir)
         if len(report["kills"]) >= kills:
             code = start.finish(timeout=1800)
             output = start.text()
@@ -420,29 +497,40 @@ def drill(workdir, *, kills, config=DEFAULT_CONFIG, overrides=DEFAULT_OVERRIDES,
             if code != 0:
                 failures.append(f"the final start ended with exit code {code}: {output[-2000:]}")
             failures += [f"final start printed {p!r}" for p in _problems_in(output)]
+            failures += [p for p in [_resume_problem(start, report["starts"])] if p]
             break
-        if not data_ready(drilled_cache) and data_kills < max(1, kills // 6):
+        if "data" in moments and not data_ready(drilled_cache) and data_kills < max(1, kills // 6):
             moment, data_kills = "data", data_kills + 1  # First-run generation only happens until it succeeds.
-        else:
-            moment = TRAINING_MOMENTS[moment_index % len(TRAINING_MOMENTS)]
+        elif training_moments:
+            moment = training_moments[moment_index % len(training_moments)]
             moment_index += 1
+        else:
+            moment = None  # Only data kills were asked for, and the data is cached.
         report["kills_tried"] += 1
-        hit = _kill_at(start, moment, rng, drilled_dir, drilled_cache, timing)
+        hit = _kill_at(start, moment, rng, drilled_dir, drilled_cache, timing) if moment else None
         output = start.text()
         failures += [f"start {report['starts']} printed {p!r}" for p in _problems_in(output)]
-        resumed = re.search(r"Resumed from \S+ at step (\d+)", output)
         if hit is None:
             code = start.finish(timeout=1800)
+            failures += [p for p in [_resume_problem(start, report["starts"])] if p]
             if code != 0:
                 failures.append(f"start {report['starts']} ended with exit code {code}: {output[-2000:]}")
                 break
-            # The run reached its end before the moment came: the drill is over.
+            # The run reached its end before the moment came: the drill is over, short of kills.
             report["ended_before_all_kills"] = True
+            failures.append(
+                f"only {len(report['kills'])} of {kills} kills landed: start {report['starts']} ran to its end "
+                f"before the {moment or 'data'} moment came (a longer run, e.g. more --train_steps, gives more moments)"
+            )
             break
-        hit["resumed_at"] = int(resumed.group(1)) if resumed else None
+        failures += [p for p in [_resume_problem(start, report["starts"])] if p]
+        hit["resumed_at"] = _resume_step(start) if start.event(events.RESUMED) else None
         report["kills"].append(hit)
-        log(f"kill {len(report['kills'])}: {hit['moment']} at {hit['seconds']} s ({hit['last_line'][:70]!r})")
+        log(f"kill {len(report['kills'])}: {hit['moment']} at {hit['seconds']} s (last event {hit['last_event']})")
     report["drill_seconds"] = round(time.time() - drill_start, 1)
+    report["kills_landed"] = len(report["kills"])
+    if report["kills_landed"] < kills and not report.get("ended_before_all_kills"):
+        failures.append(f"only {report['kills_landed']} of {kills} kills landed")
     report["kills_survived"] = len(report["kills"]) if not failures else None
     if not failures:
         more, figures = compare_runs(reference_dir, drilled_dir, reference_cache, drilled_cache)
@@ -464,17 +552,32 @@ def main():
     parser.add_argument("--kills", type=int, default=24, help="SIGKILLs to land before the run may finish.")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="Flagfile of the run.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the kill moments.")
+    parser.add_argument(
+        "--moments",
+        default=",".join(MOMENTS),
+        help=f"Comma-separated moments to kill at, some of {','.join(MOMENTS)}.",
+    )
     parser.add_argument("--report", help="Write the JSON report here as well.")
     parser.add_argument("overrides", nargs="*", help="Flags replacing the drill's default overrides.")
     args = parser.parse_args()
     overrides = tuple(args.overrides) or DEFAULT_OVERRIDES
-    report = drill(args.workdir, kills=args.kills, config=args.config, overrides=overrides, seed=args.seed)
+    moments = tuple(m.strip() for m in args.moments.split(",") if m.strip())
+    report = drill(
+        args.workdir, kills=args.kills, config=args.config, overrides=overrides, seed=args.seed, moments=moments
+    )
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:
         with open(args.report, "w") as f:
             f.write(text)
-    sys.exit(1 if report["failures"] else 0)
+    if report["failures"]:
+        print(
+            f"Kill drill FAILED ({report['kills_landed']} of {args.kills} kills landed): "
+            + "; ".join(f[:300] for f in report["failures"]),
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    print(f"Kill drill passed: {report['kills_landed']} of {args.kills} kills landed and survived.", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,14 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 
 import tensorflow as tf
 from absl import logging
+
+from dspn_tf.cluster import is_chief
 
 
 class CheckpointUnreadableError(ValueError):
@@ -176,7 +180,82 @@ def _first_line(error):
 
 
 def write_results(path, payload):
-    """Writes `payload` as JSON to `path` atomically (temp file + rename), so a reader never sees half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(path + ".tmp", path)
+    """Writes `payload` as JSON to `path` atomically (`write_atomic`), so a reader never sees half a file."""
+    write_atomic(path, json.dumps(payload, indent=2))
+
+
+def write_run_file(strategy, path, text):
+    """Writes a run-level file (e.g. `flags.txt`) of `strategy`'s run atomically, on its chief only.
+
+    The workers of a multi-worker run share the run directory, so only the chief
+    (`dspn_tf.cluster.is_chief`) writes the files that describe the whole run.
+
+    Args:
+        strategy: The run's `tf.distribute.Strategy`.
+        path: The file to write.
+        text: Its contents.
+
+    Returns:
+        True if this process wrote the file, False on a non-chief worker.
+    """
+    if not is_chief(strategy):
+        return False
+    write_atomic(path, text)
+    return True
+
+
+def write_atomic(path, text):
+    """Writes `text` to `path` through a temporary file in the same folder and a rename.
+
+    A reader, or a process killed mid-write, sees the previous file or the new one,
+    never part of one. The temporary name (`<name>.tmp-<host>-<pid>-<random>`) is
+    created exclusively, so concurrent writers never share one; the last rename wins.
+    Temporaries of writers on this host that died before their rename are removed.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    _remove_dead_temporaries(folder, name)
+    while True:
+        tmp = os.path.join(folder, f"{name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            # Mode 0o666 less the umask, as `open(path, "w")` gives (mkstemp's files are 0o600).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            pass
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _remove_dead_temporaries(folder, name):
+    """Removes `write_atomic` temporaries of `name` whose writer ran on this host and is gone."""
+    pattern = re.compile(re.escape(name) + r"\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+    host = socket.gethostname()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for other in names:
+        match = pattern.match(other)
+        if match and match.group("host") == host and not _pid_alive(int(match.group("pid"))):
+            try:
+                os.remove(os.path.join(folder, other))
+            except OSError:
+                pass
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from dspn_tf import evaluation
-from dspn_tf.training import is_chief
-from train import checkpoints, progress, summaries
+from dspn_tf.training import is_chief, worker_rows
+from train import checkpoints, events, progress, summaries
 from train import config as config_lib
 
 
@@ -70,11 +70,7 @@ def worker_batch(trainer, batch):
     input position is the chief's; worker `i` of `n` takes rows `[i * B / n, (i + 1) * B / n)`
     and `Trainer.split` hands each of its replicas a slice of those.
     """
-    if trainer.workers > 1:
-        rows = trainer.global_batch_size // trainer.workers
-        start = trainer.worker_index * rows
-        batch = tf.nest.map_structure(lambda t: t[start : start + rows], batch)
-    return trainer.split(batch)
+    return trainer.split(worker_rows(trainer.strategy, batch, trainer.global_batch_size))
 
 
 class Action:
@@ -199,12 +195,14 @@ class Evaluate(Action):
         """Evaluates the model at `loop`'s current step, logs it to `loop.eval_writer` and returns the results."""
         step = int(loop.step)
         print(f"Evaluating step {step} at {', '.join(map(str, self.iters_list))} inner steps ...", flush=True)
+        events.emit(loop.model_dir, events.EVALUATING, chief=loop.chief, step=step)
         results = evaluation.evaluate(self.model, self.dataset, set_key=self.set_key, iters_list=self.iters_list)
         with loop.eval_writer.as_default(step=step):
             for iters, row in results.items():
                 for name, value in row.items():
                     if name != "num_examples":
                         tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
+        events.emit(loop.model_dir, events.EVALUATED, chief=loop.chief, step=step)
         return results
 
 
@@ -287,6 +285,7 @@ class Loop:
         latest = checkpoints.restore(self._state, self._shared_checkpoints, required=False, partial=False, resume=True)
         if latest:
             print(f"Resumed from {latest} at step {int(self.step)}.", flush=True)
+            events.emit(self.model_dir, events.RESUMED, chief=self.chief, step=int(self.step), checkpoint=latest)
         if self.manager.latest_checkpoint is not None:
             current = int(self.step)
             self.saved_step = current
@@ -429,6 +428,7 @@ class Loop:
                 f"command to resume from it. ({e})",
             ) from e
         self.saved_step = current
+        events.emit(self.model_dir, events.CHECKPOINT, chief=self.chief, step=current)
 
     def _one_step(self, progbar, running):
         """Runs one training step and the actions due after it; returns the running loss."""

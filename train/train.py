@@ -16,8 +16,8 @@ import keras
 from absl import app, logging
 
 from dspn_tf import evaluation
-from dspn_tf.training import Trainer
-from train import checkpoints, hparams
+from dspn_tf.training import Trainer, is_chief
+from train import checkpoints, events, hparams
 from train import config as config_lib
 from train import loop as loop_lib
 from train.loop import NonFiniteLossError, WorkerLostError
@@ -32,11 +32,8 @@ def main(argv):
     strategy = config_lib.make_strategy(config)
     settings = config_lib.loss_settings(config)
     os.makedirs(config.run.model_dir, exist_ok=True)
-    # Temp + rename: a run killed here leaves the previous flags.txt whole.
-    flags_path = os.path.join(config.run.model_dir, "flags.txt")
-    with open(flags_path + ".tmp", "w") as f:
-        f.write(config.flags_text)
-    os.replace(flags_path + ".tmp", flags_path)
+    checkpoints.write_run_file(strategy, os.path.join(config.run.model_dir, "flags.txt"), config.flags_text)
+    events.emit(config.run.model_dir, events.START, chief=is_chief(strategy))
 
     train_ds, train_size = config_lib.train_batches(config, strategy)
     total = config_lib.total_steps(config, train_size)
@@ -59,17 +56,20 @@ def main(argv):
     loop.drop_stale_events()
     loop.open_writers()
     print(describe_run(config, model, train_size, total), flush=True)
+    events.emit(config.run.model_dir, events.TRAINING, chief=loop.chief, step=int(loop.step), total_steps=total)
     if loop.chief:  # The settings on TensorBoard's HParams dashboard (train/hparams.py).
         hparams.log_settings(
             config.run.model_dir,
             hparams.settings_of(config, settings, total_steps=total, train_examples=train_size),
         )
     train_loss = loop.run()
+    events.emit(config.run.model_dir, events.TRAINED, chief=loop.chief, step=int(loop.step))
     if loop.chief:
         results = evaluate.evaluate(loop) if config.run.evaluate_at_end else {}
         if results:
             report(config, results, int(loop.step))
         hparams.log_results(config.run.model_dir, results, step=int(loop.step), train_loss=train_loss)
+    events.emit(config.run.model_dir, events.DONE, chief=loop.chief, step=int(loop.step))
 
 
 def make_loop(config, trainer, train_ds, eval_ds, total, schedule):

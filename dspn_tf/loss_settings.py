@@ -1,0 +1,57 @@
+"""How a batch is scored: the loss, the steps it averages over, the representation weight and the inner steps."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """How a batch is scored.
+
+    Attributes:
+        set_key: Key of the target set in a batch: "set" (set-MNIST), "state"
+            or "boxes" (CLEVR).
+        loss: "chamfer" or "hungarian".
+        all_steps: Average the set loss over every decoder step (the paper's
+            text; the reference does this for Chamfer) or score the last
+            step only (the reference's Hungarian).
+        repr_lambda: Weight of `huber(g(target) - z)` (DSPN with an image
+            encoder: 0.1; 0 disables it).
+        iters: Inner steps of a DSPN decoder when a batch is scored (None:
+            the decoder's own `iters`); an `iters` passed to
+            `per_sample_losses` (the loop's `--iters_schedule`) overrides it.
+    """
+
+    set_key: str = "set"
+    loss: str = "chamfer"
+    all_steps: bool = True
+    repr_lambda: float = 0.0
+    iters: int | None = None
+
+    def __post_init__(self):
+        if self.loss not in ("chamfer", "hungarian"):
+            raise ValueError(f"LossSettings: `loss` must be 'chamfer' or 'hungarian'; received {self.loss!r}.")
+        if self.repr_lambda < 0:
+            raise ValueError(f"LossSettings: `repr_lambda` must be >= 0; received {self.repr_lambda}.")
+        if self.iters is not None and (
+            isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1
+        ):
+            raise ValueError(f"LossSettings: `iters` must be None or an int >= 1; received {self.iters!r}.")
+
+    def get_config(self):
+        """The settings as a plain dict (what `from_config` and a model's `get_config` hold)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        """`LossSettings` from `get_config`'s dict; `None` gives the defaults, a `LossSettings` is returned as is.
+
+        Raises:
+            TypeError: if `config` is neither.
+        """
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if not isinstance(config, dict):
+            raise TypeError(f"LossSettings: expected a LossSettings or a dict; received {type(config).__name__}.")
+        return cls(**config)
