@@ -333,7 +333,7 @@ _INT_FLAGS = {  # flag: smallest valid value
     "batch_size": 1,
     "dim": 1,
     "latent": 1,
-    "iters": 1,
+    "iters": 0,
     "train_steps": 1,
     "generated_train": 1,
     "generated_val": 1,

@@ -209,7 +209,6 @@ _AT_LEAST = {
     "dim": 1,
     "latent": 1,
     "decoder_dim": 1,
-    "iters": 1,
     "n_pieces": 1,
     "batch_size": 1,
     "epochs": 0,  # 0: unset, overriding a flagfile's value.
@@ -234,8 +233,8 @@ for _name, _check, _text in (
     flags.register_validator(_name, _check, message=f"must be {_text}")
 
 # The inner-loop flags and the `InnerLoopConfig` field each sets. Their bounds are
-# InnerLoopConfig's own (what DSPN refuses, the flags refuse); `_AT_LEAST` adds only
-# that training takes at least one inner step (--iters) and that --seed is not negative.
+# InnerLoopConfig's own (what DSPN refuses, the flags refuse; --iters=0 trains the
+# starting set alone); `_AT_LEAST` adds only that --seed is not negative.
 INNER_LOOP_FLAGS = {
     "iters": "iters",
     "inner_lr": "lr",

@@ -67,8 +67,9 @@ def worker_batch(trainer, batch):
     """This worker's share of a global batch as the trainer's per-replica values: the one place batches are split.
 
     Every worker reads the whole global batch (`train.config.train_batches`), so its
-    input position is the chief's; worker `i` of `n` takes rows `[i * B / n, (i + 1) * B / n)`
-    and `Trainer.split` hands each of its replicas a slice of those.
+    input position is the chief's; `dspn_tf.cluster.worker_rows` gives worker `i` of `n`
+    rows `[i * B / n, (i + 1) * B / n)` and `Trainer.split` hands each of its replicas a
+    slice of those.
     """
     return trainer.split(worker_rows(trainer.strategy, batch, trainer.global_batch_size))
 
