@@ -392,10 +392,11 @@ class DSPN(keras.layers.Layer):
         def padded(array, written, total):
             if not can_stop:
                 return array.stack()
-            # Steps skipped after every sample stopped repeat the last one, as an unrolled loop would.
-            values = array.gather(tf.range(written))
-            tail = tf.repeat(values[-1:], total - written, axis=0)
-            return tf.concat([values, tail], axis=0)
+            # Steps skipped after every sample stopped repeat the last one, as an unrolled loop would. The
+            # unwritten entries stack as zeros and are never selected; the index has the static length
+            # `total` (a gather of `range(written)` would not compile with XLA: `written` is known only
+            # after the loop).
+            return tf.gather(array.stack(), tf.minimum(tf.range(total), written - 1))
 
         def per_step(array):
             # Stacking zero elements of an unknown batch size fails, so an

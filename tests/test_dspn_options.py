@@ -296,6 +296,38 @@ def test_tolerance_graph_loop_ends_early_and_equals_the_unrolled_loop(rng):
         np.testing.assert_allclose(unrolled[key].numpy(), looped[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+def _three_modes(dspn):
+    """The decoder called eagerly, in a tf.function and compiled with XLA, with `iters` a tensor argument."""
+    graph = tf.function(lambda z, iters: dspn(z, iters=iters))
+    xla = tf.function(lambda z, iters: dspn(z, iters=iters), jit_compile=True)
+    return {"eager": lambda z, iters: dspn(z, iters=iters), "graph": graph, "xla": xla}
+
+
+@pytest.mark.parametrize("case", ["some_stop", "all_stop", "zero_iters"])
+def test_tolerance_with_a_tensor_iters_compiles_with_xla_and_equals_eager(rng, case):
+    dspn = make_dspn(iters=30, tolerance=2e-4)
+    if case == "all_stop":
+        # Every target is the starting set's own embedding: all samples stop at the first step.
+        set_, mask = starting_point(dspn, 1)
+        z = tf.repeat(dspn.encoder(set_, mask), 3, axis=0)
+    else:
+        z = target_embedding(dspn, rng, batch=3)
+    iters = tf.constant(0 if case == "zero_iters" else 30)
+    out = {name: call(z, iters) for name, call in _three_modes(dspn).items()}
+    steps = out["eager"]["steps"].numpy()
+    if case == "some_stop":
+        assert 0 < steps.min() and steps.max() < 30, steps
+    elif case == "all_stop":
+        np.testing.assert_array_equal(steps, [0, 0, 0])
+    assert out["eager"]["sets"].shape[0] == int(iters) + 1
+    for name in ("graph", "xla"):
+        for key in ("sets", "masks", "inner_losses", "grad_norms", "steps"):
+            assert out[name][key].shape == out["eager"][key].shape, (name, key)
+            np.testing.assert_allclose(
+                out[name][key].numpy(), out["eager"][key].numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{name} {key}"
+            )
+
+
 def test_steps_default_to_iters(rng):
     dspn = make_dspn(iters=3)
     z = target_embedding(dspn, rng)

@@ -76,3 +76,38 @@ def test_served_random_starting_set_is_reproducible(tmp_path):
     np.testing.assert_allclose(
         first["set"].numpy(), model.decoder(z, iters=3)["sets"][-1].numpy(), rtol=1e-5, atol=1e-6
     )
+
+
+def test_random_starting_set_is_the_same_in_every_execution_mode(tmp_path):
+    # Eager, traced (unrolled and graph loop), compiled with XLA and served: one start, one decoding.
+    model = _model(OPTIONS["idspn"])
+    decoder = model.decoder
+    z = tf.constant(np.random.default_rng(2).normal(size=(4, LATENT)).astype(np.float32))
+    version = export.export_model(model, str(tmp_path / "export"), save_keras=False, all_steps=True)
+    served = tf.saved_model.load(version).signatures["decode_all_steps"]
+
+    def unrolled(z, iters):
+        return decoder(z, iters=int(iters))
+
+    def looped(z, iters):
+        return decoder(z, iters=iters)
+
+    runs = {
+        "eager": lambda iters: unrolled(z, iters),
+        "eager_loop": lambda iters: looped(z, tf.constant(iters)),
+        "graph": lambda iters: tf.function(lambda z: unrolled(z, iters))(z),
+        "graph_loop": lambda iters: tf.function(looped)(z, tf.constant(iters)),
+        "xla": lambda iters: tf.function(lambda z: unrolled(z, iters), jit_compile=True)(z),
+        "xla_loop": lambda iters: tf.function(looped, jit_compile=True)(z, tf.constant(iters)),
+    }
+    # The start the automatic algorithm drew eagerly before the algorithm was named: older files keep it.
+    seed = tf.constant([OPTIONS["idspn"]["seed"], 0], tf.int64)
+    expected = tf.random.stateless_normal([4, SET_SIZE, CHANNELS], seed=seed, stddev=0.1).numpy()
+    for name, run in runs.items():
+        np.testing.assert_array_equal(run(0)["sets"][0].numpy(), expected, err_msg=name)
+    np.testing.assert_array_equal(served(z=z, iters=tf.constant(0))["sets"][:, 0].numpy(), expected)
+
+    final = runs["eager"](3)["sets"][-1].numpy()
+    for name, run in runs.items():
+        np.testing.assert_allclose(run(3)["sets"][-1].numpy(), final, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(served(z=z, iters=tf.constant(3))["sets"][:, -1].numpy(), final, rtol=1e-5, atol=1e-6)

@@ -17,6 +17,12 @@ from dspn_tf import checks
 
 # iDSPN's random starting set: per-sample N(0, 0.1^2) noise.
 RANDOM_START_STDDEV = 0.1
+# The algorithm of the stateless draw at inference. Left automatic, TensorFlow
+# picks Philox eagerly and in a graph on the CPU but another algorithm under XLA
+# (`jit_compile=True`), which gave another start (max difference 0.43). Philox
+# is also what the automatic choice drew before it was named here, so starts
+# drawn by older versions (and files saved by them) keep their values.
+INFERENCE_ALGORITHM = "philox"
 
 
 class StartingSet:
@@ -75,7 +81,10 @@ class RandomStart(StartingSet):
     """Each sample starts from its own N(0, stddev^2) set (iDSPN) and the learned starting mask.
 
     In training every call draws new noise; at inference (`training=False`)
-    the draw is stateless, so the same `seed` and batch give the same start.
+    the draw is stateless, so the same `seed` and batch give the same start,
+    eagerly, in a graph, compiled with XLA and in an exported SavedModel: the
+    stateless draw names its algorithm (Philox, `INFERENCE_ALGORITHM`), which
+    TensorFlow's automatic choice would not keep under XLA.
 
     Args:
         stddev: Standard deviation of the noise (iDSPN: 0.1).
@@ -100,7 +109,9 @@ class RandomStart(StartingSet):
             start_set = tf.random.normal(shape, stddev=self.stddev, seed=self.seed, dtype=z.dtype)
         else:
             seed = tf.constant([self.seed or 0, 0], tf.int64)
-            start_set = tf.random.stateless_normal(shape, seed=seed, stddev=self.stddev, dtype=z.dtype)
+            start_set = tf.random.stateless_normal(
+                shape, seed=seed, stddev=self.stddev, dtype=z.dtype, alg=INFERENCE_ALGORITHM
+            )
         return start_set, _broadcast_mask(decoder, batch)
 
     def get_config(self):
