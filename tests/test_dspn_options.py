@@ -328,6 +328,25 @@ def test_tolerance_with_a_tensor_iters_compiles_with_xla_and_equals_eager(rng, c
             )
 
 
+def test_implicit_training_with_tolerance_and_a_tensor_iters_compiles_with_xla(rng):
+    dspn = make_dspn(iters=30, tolerance=2e-4, gradient="implicit")
+    z = target_embedding(dspn, rng, batch=3)
+
+    def train_step(z, iters):
+        with tf.GradientTape() as tape:
+            out = dspn(z, iters=iters, training=True)
+            loss = tf.reduce_sum(tf.square(out["sets"][-1]))
+        return out, tape.gradient(loss, dspn.trainable_variables)
+
+    eager = train_step(z, tf.constant(30))
+    xla = tf.function(train_step, jit_compile=True)(z, tf.constant(30))
+    assert int(tf.reduce_max(eager[0]["steps"])) < 30, "no sample stopped: the tolerance is too small for the test"
+    for key in ("sets", "masks", "inner_losses", "grad_norms", "steps"):
+        np.testing.assert_allclose(xla[0][key].numpy(), eager[0][key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+    for variable, a, b in zip(dspn.trainable_variables, xla[1], eager[1]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=variable.path)
+
+
 def test_steps_default_to_iters(rng):
     dspn = make_dspn(iters=3)
     z = target_embedding(dspn, rng)
