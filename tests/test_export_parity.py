@@ -111,8 +111,11 @@ def test_fresh_process_serves_the_in_process_numbers_at_every_step(exported, tmp
             gap = _per_step_gap(served[f"{key}_{iters}"], expected[iters][key].numpy())
             assert gap.max() <= ATOL, f"{key} at {iters} steps: per-step gaps {gap}"
         np.testing.assert_allclose(served[f"final_{iters}"], expected[iters]["sets"][-1].numpy(), rtol=0, atol=ATOL)
-    # The same SavedModel in this process gives the same numbers as in the fresh one.
+    # The same SavedModel in this process, and the exported function before saving, give the same numbers.
     loaded = tf.saved_model.load(version).signatures["serving_all_steps"]
+    module = export.ServingModule(model, all_steps=True, max_iters=max(STEPS))
     for iters in STEPS:
         again = loaded(image=tf.constant(images), iters=tf.constant(iters))["sets"].numpy()
         np.testing.assert_allclose(again, served[f"sets_{iters}"], rtol=0, atol=ATOL)
+        unsaved = module.serve_all_steps(tf.constant(images), tf.constant(iters))["sets"].numpy()
+        np.testing.assert_allclose(unsaved, served[f"sets_{iters}"], rtol=0, atol=ATOL)
