@@ -26,7 +26,43 @@ not specified which one).
 
 import tensorflow as tf
 
-__all__ = ["linear_assignment"]
+__all__ = ["SOLVERS", "accelerator_visible", "in_xla_compilation", "linear_assignment", "resolve_solver"]
+
+SOLVERS = ("auto", "tf", "scipy")
+
+
+def accelerator_visible():
+    """True if TensorFlow sees a GPU or TPU."""
+    return any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
+
+
+def in_xla_compilation():
+    """True while tracing inside a `tf.function(jit_compile=True)` (best effort: a TensorFlow-internal check)."""
+    try:
+        from tensorflow.python.ops import control_flow_util  # noqa: PLC0415 (internal, may move)
+
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except (ImportError, AttributeError):
+        return False
+
+
+def resolve_solver(solver, *, jit_compile=False):
+    """The assignment solver `solver` stands for: "tf" or "scipy".
+
+    "auto" is "tf" (`linear_assignment`, in-graph) when the step is
+    XLA-compiled (`jit_compile`, or tracing inside a jit-compiled function) or
+    a GPU / TPU is visible, and "scipy" (`scipy.optimize.linear_sum_assignment`
+    on the host) otherwise: on a CPU without XLA scipy's compiled solver was
+    the faster of the two when this default was chosen.
+
+    Raises:
+        ValueError: for a solver not in `SOLVERS`.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"The assignment solver must be one of {SOLVERS}; received {solver!r}.")
+    if solver != "auto":
+        return solver
+    return "tf" if jit_compile or in_xla_compilation() or accelerator_visible() else "scipy"
 
 
 def _one_hot(index, depth):
