@@ -195,7 +195,7 @@ def _solve(cost):
             way=pick(search, way_s, pick(restart, tf.zeros_like(way), way)),
             u=pick(search, u_s, u),
             v=pick(search, v_s, v),
-            minv=pick(search, minv_s, pick(restart, tf.fill([k, m], inf), minv)),
+            minv=pick(search, minv_s, tf.where(restart[:, None], inf, minv)),
             used=pick(search, used_s, pick(restart, tf.zeros_like(used), used)),
             used_rows=pick(search, used_rows_s, pick(restart, tf.zeros_like(used_rows), used_rows)),
             j0=tf.where(search, j1, tf.where(restart, 0, tf.where(flip, prev, j0))),
