@@ -123,6 +123,11 @@ class SetModel(keras.Model):
             tracker.update_state(losses[tracker.name])
         return {tracker.name: tracker.result() for tracker in self._loss_means.trackers}
 
+    def _step_settings(self):
+        """`loss_settings` with an "auto" assignment solver resolved: in-graph under XLA or on an accelerator."""
+        jit_compile = bool(getattr(self, "jit_compile", False)) and not self.run_eagerly
+        return self.loss_settings.for_step(jit_compile=jit_compile)
+
     def train_step(self, data):
         batch = self._batch(data, "fit")
         # Keras runs this per replica under a tf.distribute strategy and sums the
@@ -130,14 +135,14 @@ class SetModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         global_batch_size = tf.cast(tf.shape(batch["mask"])[0] * replicas, tf.float32)
         _, losses, grads = training_lib.loss_and_gradients(
-            self, self.optimizer, batch, self.loss_settings, global_batch_size=global_batch_size
+            self, self.optimizer, batch, self._step_settings(), global_batch_size=global_batch_size
         )
         self.optimizer.apply(grads, self.trainable_variables)
         return self._track(losses)
 
     def test_step(self, data):
         batch = self._batch(data, "evaluate")
-        _, losses = training_lib.per_sample_losses(self, batch, self.loss_settings, training=False)
+        _, losses = training_lib.per_sample_losses(self, batch, self._step_settings(), training=False)
         return self._track(losses)
 
     def predict_step(self, data):
