@@ -6,7 +6,7 @@ from dspn_tf.dspn import DSPN
 from dspn_tf.encoders import FSEncoder, RNFSEncoder, SetEncoder
 from dspn_tf.fspool import FSPool
 from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
-from dspn_tf.models import ImageToSet, SetAutoEncoder, build_model
+from dspn_tf.models import ImageToSet, SetAutoEncoder, VectorToSet, build_model
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "ResNet18Encoder",
     "ResNet34Encoder",
     "SetAutoEncoder",
+    "VectorToSet",
     "SetEncoder",
     "build_model",
     "losses",

@@ -54,7 +54,8 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
     dtype = tf.float64 if outputs["sets"].dtype == tf.float64 else tf.float32
     sets, masks = tf.cast(outputs["sets"], dtype), tf.cast(outputs["masks"], dtype)
     target_set, target_mask = tf.cast(batch[settings.set_key], dtype), tf.cast(batch["mask"], dtype)
-    set_loss = loss_fn(sets, masks, target_set, target_mask, all_steps=settings.all_steps, reduction="none")
+    kwargs = {"solver": settings.solver} if settings.loss == "hungarian" else {}
+    set_loss = loss_fn(sets, masks, target_set, target_mask, all_steps=settings.all_steps, reduction="none", **kwargs)
     repr_loss = tf.zeros_like(set_loss)
     encoder = model.repr_encoder
     if settings.repr_lambda > 0 and encoder is not None:

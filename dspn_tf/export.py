@@ -45,6 +45,7 @@ import errno
 import os
 import re
 import shutil
+import types
 
 import keras
 import tensorflow as tf
@@ -221,15 +222,19 @@ def _identity_z(z):
 
 def _single_input(name, body, default=None):
     """A function whose first argument is literally called `name` (a signature input name)."""
-    if name == "image":
-        if default is None:
-            return lambda image: body(image)
-        return lambda image, iters=default: body(image, iters)
-    if name == "z":
-        if default is None:
-            return lambda z: body(z)
-        return lambda z, iters=default: body(z, iters)
-    raise ValueError(f"Unexpected signature input {name!r}.")
+    if not name.isidentifier():
+        raise ValueError(f"Unexpected signature input {name!r}: it must be a Python identifier.")
+
+    def one(x):
+        return body(x)
+
+    def with_iters(x, iters=default):
+        return body(x, iters)
+
+    fn = one if default is None else with_iters
+    # Rename the first parameter: the exported signature's input takes its name.
+    code = fn.__code__.replace(co_varnames=(name, *fn.__code__.co_varnames[1:]))
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
 def _check_input(x, spec):

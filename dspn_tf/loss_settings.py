@@ -2,6 +2,8 @@
 
 import dataclasses
 
+from dspn_tf.assignment import SOLVERS, resolve_solver
+
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
@@ -19,6 +21,12 @@ class LossSettings:
         iters: Inner steps of a DSPN decoder when a batch is scored (None:
             the decoder's own `iters`); an `iters` passed to
             `per_sample_losses` (the loop's `--iters_schedule`) overrides it.
+        solver: The Hungarian loss's assignment solver: "tf" (in TensorFlow
+            ops, XLA-compilable), "scipy" (on the host) or "auto"
+            (`dspn_tf.losses.hungarian_assignment`); `SetModel.fit` /
+            `evaluate` and the custom loop's `Trainer` resolve "auto" to "tf"
+            when the step is XLA-compiled or an accelerator is visible
+            (`for_step`). Configs saved without it load as "auto".
     """
 
     set_key: str = "set"
@@ -26,6 +34,7 @@ class LossSettings:
     all_steps: bool = True
     repr_lambda: float = 0.0
     iters: int | None = None
+    solver: str = "auto"
 
     def __post_init__(self):
         if self.loss not in ("chamfer", "hungarian"):
@@ -36,6 +45,14 @@ class LossSettings:
             isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1
         ):
             raise ValueError(f"LossSettings: `iters` must be None or an int >= 1; received {self.iters!r}.")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"LossSettings: `solver` must be one of {SOLVERS}; received {self.solver!r}.")
+
+    def for_step(self, *, jit_compile=False):
+        """These settings with "auto" `solver` resolved for a step (XLA-compiled if `jit_compile`)."""
+        if self.solver != "auto":
+            return self
+        return dataclasses.replace(self, solver=resolve_solver("auto", jit_compile=jit_compile))
 
     def get_config(self):
         """The settings as a plain dict (what `from_config` and a model's `get_config` hold)."""

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.optimize
 import tensorflow as tf
 
+from dspn_tf.assignment import linear_assignment, resolve_solver
 from dspn_tf.indexing import flat_segment_ids
 
 
@@ -214,24 +215,33 @@ def _assign_batch(cost):
     return cols
 
 
-def hungarian_assignment(cost):
+def hungarian_assignment(cost, solver="auto"):
     """Column assigned to every row of each `[n, n]` cost matrix (no gradient).
-
-    Runs scipy's `linear_sum_assignment` for the whole batch in one
-    `tf.numpy_function` call, so it works inside `tf.function`.
 
     Args:
         cost: `[k, n, n]` float tensor.
+        solver: "tf": `dspn_tf.assignment.linear_assignment`, an exact solver
+            in TensorFlow ops (runs inside `tf.function`, under XLA and on an
+            accelerator without a host round trip); "scipy": scipy's
+            `linear_sum_assignment` for the whole batch in one
+            `tf.numpy_function` call (host only, cannot be XLA-compiled;
+            raises on NaN or Inf costs); "auto": "tf" when tracing inside an
+            XLA-compiled function or when a GPU / TPU is visible, else "scipy",
+            which was the faster one on a CPU without XLA when this default was
+            chosen (`dspn_tf.assignment.resolve_solver`). Both give an optimal
+            assignment; at ties they may pick different ones.
 
     Returns:
         `[k, n]` int32 tensor.
     """
+    if resolve_solver(solver) == "tf":
+        return linear_assignment(cost)
     cols = tf.numpy_function(_assign_batch, [tf.stop_gradient(cost)], tf.int32, stateful=False)
     cols.set_shape(cost.shape[:2])
     return cols
 
 
-def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=False, reduction="mean"):
+def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=False, reduction="mean", solver="auto"):
     """Hungarian loss (CLEVR; docs/algorithm.md §7).
 
     The optimal one-to-one matching of predicted and target `[set, mask]`
@@ -246,6 +256,7 @@ def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=Fal
         all_steps: If False (the reference), only the last step is scored; if
             True (the paper's text), the loss is averaged over all steps.
         reduction: "mean" (scalar) or "none" (`[batch]`).
+        solver: The assignment solver, "auto", "tf" or "scipy" (`hungarian_assignment`).
     """
     pred_sets, pred_masks = _as_steps(pred_sets, pred_masks, "hungarian_loss")
     target_set = tf.convert_to_tensor(target_set, pred_sets.dtype)
@@ -265,7 +276,7 @@ def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=Fal
     flat_pred = tf.reshape(pred, tf.concat([[-1], tf.shape(pred)[2:]], axis=0))
     flat_target = tf.tile(target, [steps, 1, 1])  # Shape: [steps * batch, n, F].
     cost = pairwise_cost(flat_pred, flat_target)  # Shape: [steps * batch, n, n].
-    cols = hungarian_assignment(cost)
+    cols = hungarian_assignment(cost, solver=solver)
     matched = tf.gather(cost, cols, axis=2, batch_dims=2)  # Shape: [steps * batch, n].
     per_sample = tf.reshape(tf.reduce_mean(matched, axis=1), [steps, batch])
     return _reduce(tf.reduce_mean(per_sample, axis=0), reduction)

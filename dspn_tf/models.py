@@ -123,6 +123,11 @@ class SetModel(keras.Model):
             tracker.update_state(losses[tracker.name])
         return {tracker.name: tracker.result() for tracker in self._loss_means.trackers}
 
+    def _step_settings(self):
+        """`loss_settings` with an "auto" assignment solver resolved: in-graph under XLA or on an accelerator."""
+        jit_compile = bool(getattr(self, "jit_compile", False)) and not self.run_eagerly
+        return self.loss_settings.for_step(jit_compile=jit_compile)
+
     def train_step(self, data):
         batch = self._batch(data, "fit")
         # Keras runs this per replica under a tf.distribute strategy and sums the
@@ -130,14 +135,14 @@ class SetModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         global_batch_size = tf.cast(tf.shape(batch["mask"])[0] * replicas, tf.float32)
         _, losses, grads = training_lib.loss_and_gradients(
-            self, self.optimizer, batch, self.loss_settings, global_batch_size=global_batch_size
+            self, self.optimizer, batch, self._step_settings(), global_batch_size=global_batch_size
         )
         self.optimizer.apply(grads, self.trainable_variables)
         return self._track(losses)
 
     def test_step(self, data):
         batch = self._batch(data, "evaluate")
-        _, losses = training_lib.per_sample_losses(self, batch, self.loss_settings, training=False)
+        _, losses = training_lib.per_sample_losses(self, batch, self._step_settings(), training=False)
         return self._track(losses)
 
     def predict_step(self, data):
@@ -239,29 +244,59 @@ class SetAutoEncoder(SetModel):
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
-class ImageToSet(SetModel):
-    """Image → z → set, with the set encoder for the representation loss.
+class VectorToSet(SetModel):
+    """Any input → z → set: a Keras input encoder of your choice followed by a set decoder.
+
+    The input encoder maps whatever the task's input is (a feature vector,
+    an image, a sequence) to z `[batch, latent]`; the decoder (`DSPN` or a
+    baseline) predicts the set from z. `fit` / `evaluate` take batches as
+    dicts (the input under `input_key`, the target set under
+    `loss_settings.set_key` and `mask`) or as `(inputs, {"set": ..., "mask": ...})`
+    pairs; `predict` takes the inputs alone. Exports like the other models
+    (`dspn_tf.export`), with the input as `input_key`.
 
     Args:
-        image_encoder: e.g. `ResNet34Encoder` or `ConvEncoder`.
+        input_encoder: A Keras layer or model: inputs → `[batch, latent]`.
         decoder: A `DSPN`, `MLPDecoder` or `LSTMDecoder`.
-        loss_settings: `LossSettings` for `fit` / `evaluate` (default: the
-            paper's CLEVR states: Hungarian on the final step of `state`, 0.1 x
-            representation loss); see `SetModel`.
+        input_key: Name of the input in batch dicts and in exported signatures
+            (a Python identifier).
+        loss_settings: `LossSettings` for `fit` / `evaluate` (default:
+            Hungarian on the final step of `set`, no representation loss);
+            see `SetModel`.
 
     Call arguments:
-        inputs: `[batch, H, W, 3]` images, or a batch dict with them under `image`.
+        inputs: The input tensor, or a batch dict with it under `input_key`.
         iters: Optional inner steps for a DSPN decoder.
+
+    Example:
+
+    >>> from dspn_tf.encoders import FSEncoder
+    >>> encoder = keras.Sequential([keras.layers.Dense(16, activation="relu"), keras.layers.Dense(8)])
+    >>> decoder = DSPN(FSEncoder(dim=16, latent=8), set_size=4, set_channels=2, iters=3)
+    >>> model = VectorToSet(encoder, decoder)
+    >>> model(tf.zeros([5, 3]))["sets"].shape
+    TensorShape([4, 5, 4, 2])
     """
 
-    default_loss_settings = training_lib.LossSettings(
-        set_key="state", loss="hungarian", all_steps=False, repr_lambda=0.1
-    )
+    default_loss_settings = training_lib.LossSettings(set_key="set", loss="hungarian", all_steps=False)
+    # The attribute holding the input encoder (its name is the variables' path in checkpoints).
+    _encoder_attribute = "input_encoder"
 
-    def __init__(self, image_encoder, decoder, *, loss_settings=None, **kwargs):
+    def __init__(self, input_encoder, decoder, *, input_key="inputs", loss_settings=None, **kwargs):
         super().__init__(loss_settings=loss_settings, **kwargs)
-        self.image_encoder = _deserialize(image_encoder)
+        if not isinstance(input_key, str) or not input_key.isidentifier():
+            raise ValueError(
+                f"{type(self).__name__}: `input_key` must be a Python identifier (it names the exported "
+                f"signature's input); received {input_key!r}."
+            )
+        setattr(self, self._encoder_attribute, _deserialize(input_encoder))
         self.decoder = _deserialize(decoder)
+        self.input_key = input_key
+
+    @property
+    def inputs_encoder(self):
+        """The encoder of the model's inputs (`input_encoder`; `image_encoder` of an `ImageToSet`)."""
+        return getattr(self, self._encoder_attribute)
 
     @property
     def iterative(self):
@@ -278,14 +313,95 @@ class ImageToSet(SetModel):
         """The encoder of target sets for the representation loss (`set_encoder`)."""
         return self.set_encoder
 
+    def _batch(self, data, step):
+        """A batch dict from a dict, or from an `(inputs, {target set, "mask"})` pair."""
+        if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], dict):
+            return {self.input_key: data[0], **data[1]}
+        return super()._batch(data, step)
+
+    def inputs_of(self, batch, set_key="set"):
+        """The part of a batch dict this model reads: `batch[input_key]`; `set_key` is ignored.
+
+        Raises:
+            KeyError: naming `input_key` and the batch's keys if the input is missing.
+        """
+        del set_key
+        if self.input_key not in batch:
+            raise KeyError(
+                f"{type(self).__name__}: the batch has no input {self.input_key!r}; its keys are {sorted(batch)}."
+            )
+        return batch[self.input_key]
+
+    def embed(self, *inputs, training=False):
+        """z of the model's input tensor."""
+        return self.inputs_encoder(inputs[0], training=training)
+
+    def input_signature(self, image_size=None):
+        """`[TensorSpec]` of the input, from the shape the model was built on; `image_size` is ignored.
+
+        Raises:
+            ValueError: if the model was not built on inputs of a known per-example shape.
+        """
+        del image_size
+        shape = (getattr(self, "_build_shapes_dict", None) or {}).get("input_shape")
+        if shape is None or any(side is None for side in shape[1:]):
+            raise ValueError(
+                f"{type(self).__name__}: cannot tell the input shape; build the model first "
+                "(build_on_zeros(input_shape) or one call on a batch)."
+            )
+        return [tf.TensorSpec([None, *shape[1:]], tf.float32, name=self.input_key)]
+
+    def build_on_zeros(self, input_shape):
+        """Creates every variable by one call on zeros; `input_shape` is the per-example input shape."""
+        self(tf.zeros([1, *input_shape]), iters=0)
+        return self
+
+    def call(self, inputs, iters=None, training=False):
+        if isinstance(inputs, dict):
+            inputs = inputs[self.input_key]
+        z = self.inputs_encoder(inputs, training=training)
+        return {**self.decoder(z, iters=iters, training=training), "z": z}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "input_encoder": keras.saving.serialize_keras_object(self.inputs_encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "input_key": self.input_key,
+        }
+
+
+@keras.saving.register_keras_serializable(package="dspn_tf")
+class ImageToSet(VectorToSet):
+    """Image → z → set (CLEVR): the image case of `VectorToSet`, with the set encoder for the representation loss.
+
+    Args:
+        image_encoder: e.g. `ResNet34Encoder` or `ConvEncoder`.
+        decoder: A `DSPN`, `MLPDecoder` or `LSTMDecoder`.
+        loss_settings: `LossSettings` for `fit` / `evaluate` (default: the
+            paper's CLEVR states: Hungarian on the final step of `state`, 0.1 x
+            representation loss); see `SetModel`.
+
+    Call arguments:
+        inputs: `[batch, H, W, 3]` images, or a batch dict with them under `image`.
+        iters: Optional inner steps for a DSPN decoder.
+    """
+
+    default_loss_settings = training_lib.LossSettings(
+        set_key="state", loss="hungarian", all_steps=False, repr_lambda=0.1
+    )
+    _encoder_attribute = "image_encoder"
+
+    def __init__(self, image_encoder, decoder, *, loss_settings=None, **kwargs):
+        super().__init__(image_encoder, decoder, input_key="image", loss_settings=loss_settings, **kwargs)
+
+    def _batch(self, data, step):
+        return SetModel._batch(self, data, step)
+
     def inputs_of(self, batch, set_key="set"):
         """The part of a batch dict this model reads: `batch["image"]`; `set_key` is ignored."""
         del set_key
         return batch["image"]
-
-    def embed(self, *inputs, training=False):
-        """z of the model's input tensor (`image`)."""
-        return self.image_encoder(inputs[0], training=training)
 
     def input_signature(self, image_size=None):
         """`[TensorSpec]` of the image input; `image_size` `(height, width)` defaults to the built size.
@@ -303,28 +419,16 @@ class ImageToSet(SetModel):
         height, width = (int(side) for side in image_size)
         return [tf.TensorSpec([None, height, width, 3], tf.float32, name="image")]
 
-    def build_on_zeros(self, input_shape):
-        """Creates every variable by one call on zeros; `input_shape` is `(H, W, 3)` or `(features,)`."""
-        self(tf.zeros([1, *input_shape]), iters=0)
-        return self
-
-    def call(self, inputs, iters=None, training=False):
-        if isinstance(inputs, dict):
-            inputs = inputs["image"]
-        z = self.image_encoder(inputs, training=training)
-        return {**self.decoder(z, iters=iters, training=training), "z": z}
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
-            "decoder": keras.saving.serialize_keras_object(self.decoder),
-        }
+        config = super().get_config()
+        config["image_encoder"] = config.pop("input_encoder")
+        del config["input_key"]
+        return config
 
 
 def is_set_model(obj):
     """True for the whole models of this module (what export and evaluation accept)."""
-    return isinstance(obj, (SetAutoEncoder, ImageToSet))
+    return isinstance(obj, (SetAutoEncoder, VectorToSet))
 
 
 def build_model(

@@ -44,8 +44,8 @@ class Trainer:
             the gradient of the global batch mean.
         strategy: A `tf.distribute.Strategy` (default: the current one).
         run_eagerly: Run the step without `tf.function` (debugging).
-        jit_compile: XLA-compile the step (the Hungarian assignment stays on
-            the host, so XLA only applies to Chamfer runs).
+        jit_compile: XLA-compile the step. An "auto" assignment solver of the
+            Hungarian loss (`LossSettings.solver`) is then the in-graph one.
     """
 
     def __init__(
@@ -54,6 +54,8 @@ class Trainer:
         self.model = model
         self.optimizer = optimizer
         self.settings = settings
+        # The settings the step scores with: an "auto" solver resolved for XLA / an accelerator.
+        self.step_settings = settings.for_step(jit_compile=jit_compile and not run_eagerly)
         self.global_batch_size = int(global_batch_size)
         self.strategy = strategy or tf.distribute.get_strategy()
         try:
@@ -71,7 +73,7 @@ class Trainer:
 
     def _replica_step(self, batch, iters=None):
         outputs, losses, grads = loss_and_gradients(
-            self.model, self.optimizer, batch, self.settings, global_batch_size=self.global_batch_size, iters=iters
+            self.model, self.optimizer, batch, self.step_settings, global_batch_size=self.global_batch_size, iters=iters
         )
         self.optimizer.apply(grads, self.model.trainable_variables)
         metrics = {f"train/{k}": tf.reduce_sum(v) / self.global_batch_size for k, v in losses.items()}

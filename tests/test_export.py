@@ -54,11 +54,11 @@ def _images(batch, seed=0):
 def _graph_reference(model, inputs, iters):
     """The in-process model run as a serving graph would be: traced with the signature's shapes.
 
-    Eager (unrolled) runs and graphs traced for one batch size differ from the
-    served graph by float rounding (~1e-7), which a near-tie in FSPool's sort
-    can amplify to ~1e-3 over 30 steps (README.md, "Served and in-process
-    numbers"), so the SavedModel is compared with the model traced for any
-    batch size and a tensor `iters`, as the signatures are.
+    A graph traced for one batch size differs from the served graph by float
+    rounding (~1e-7), which a near-tie in FSPool's sort can amplify to ~1e-3
+    over 30 steps (docs/serving.md, "Served and in-process numbers"), so the
+    SavedModel is compared with the model traced for any batch size and a
+    tensor `iters`, as the signatures are.
     """
     specs = tf.nest.map_structure(lambda x: tf.TensorSpec([None, *np.shape(x)[1:]], tf.float32), inputs)
     run = tf.function(lambda x, it: model(x, iters=it), input_signature=[specs, tf.TensorSpec([], tf.int32)])

@@ -4,7 +4,7 @@ The SavedModel run in a fresh process equals, at every inner step of 10 and
 30, the Keras model called eagerly and the model traced with the signature's
 shapes (a batch of unknown size): bitwise in every run here; 1e-5 is asserted.
 The inner loop turns a last-bit rounding difference into about 1e-3 by 30
-steps where it passes a near-tie in FSPool's sort (README.md, "Served and
+steps where it passes a near-tie in FSPool's sort (docs/serving.md, "Served and
 in-process numbers"), so these equalities rest on the modes computing the
 same bits: the inner Huber's gradient is exact (`dspn_tf.inner.objectives.huber`).
 A graph traced for one fixed batch size still rounds differently and is

@@ -47,7 +47,7 @@ def _batch(rng):
 
 
 def test_jit_compile_step_gives_the_same_losses_and_weights():
-    # XLA applies to Chamfer runs only: the Hungarian assignment is a host call.
+    # Chamfer here; Hungarian steps under XLA (the in-graph assignment) are in tests/test_xla_steps.py.
     loss = "chamfer"
     rng = np.random.default_rng(0)
     batches = [_batch(rng) for _ in range(2)]

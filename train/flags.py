@@ -137,7 +137,11 @@ flags.DEFINE_string(
 flags.DEFINE_integer("seed", 0, "Random seed (weights, shuffling).")
 flags.DEFINE_bool("deterministic", False, "Deterministic TF ops (bit-exact resume; slower).")
 flags.DEFINE_bool("run_eagerly", False, "Run the train step eagerly (debugging).")
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (Chamfer runs only).")
+flags.DEFINE_bool(
+    "jit_compile",
+    False,
+    "XLA-compile the train step (Hungarian runs then use the in-graph assignment solver, dspn_tf.assignment).",
+)
 flags.DEFINE_enum(
     "mixed_precision",
     "float32",

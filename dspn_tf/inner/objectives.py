@@ -23,7 +23,7 @@ def huber(x, delta=1.0):
     first, and eager execution and a graph add the three terms in different
     orders. Here the excess `x - q` is exactly 0 inside the clip, so its
     term's gradient is 0 and the gradient is `q` itself in every execution
-    mode: the eager inner loop then equals the served graph bitwise (README.md,
+    mode: the eager inner loop then equals the served graph bitwise (docs/serving.md,
     "Served and in-process numbers"). Outside the clip the gradient is
     `±delta`, and the second derivative is 1 inside and 0 outside, as before.
     """
