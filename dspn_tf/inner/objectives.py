@@ -10,25 +10,9 @@ import keras
 import tensorflow as tf
 
 from dspn_tf import checks
+from dspn_tf.losses import huber
 
 MISMATCHES = ("huber", "mse")
-
-
-def huber(x, delta=1.0):
-    """Elementwise Huber, the value of `dspn_tf.losses.huber`, with a gradient that is exact in float32.
-
-    `0.5 q² + delta |x - q|` with `q = clip(x, -delta, delta)`. Written as
-    `0.5 q² + delta (|x| - |q|)`, the gradient inside the clip sums
-    `q + sign(x) - sign(q)`: the two signs cancel, but `q - 1` is rounded
-    first, and eager execution and a graph add the three terms in different
-    orders. Here the excess `x - q` is exactly 0 inside the clip, so its
-    term's gradient is 0 and the gradient is `q` itself in every execution
-    mode: the eager inner loop then equals the served graph bitwise (docs/serving.md,
-    "Served and in-process numbers"). Outside the clip the gradient is
-    `±delta`, and the second derivative is 1 inside and 0 outside, as before.
-    """
-    q = tf.clip_by_value(x, -delta, delta)
-    return 0.5 * q * q + delta * tf.abs(x - q)
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
