@@ -15,6 +15,7 @@ through its shorthand keywords.
 from dspn_tf.inner.config import InnerLoopConfig
 from dspn_tf.inner.objectives import Objective, StartRegularizer
 from dspn_tf.inner.optimizers import ClipPerSample, InnerOptimizer, InnerTransform, Momentum, chain
+from dspn_tf.inner.part import Part
 from dspn_tf.inner.projections import ClipMask, Projection
 from dspn_tf.inner.starts import LearnedStart, MLPStart, RandomStart, StartingSet
 from dspn_tf.inner.state import LoopState
@@ -32,6 +33,7 @@ __all__ = [
     "Momentum",
     "Never",
     "Objective",
+    "Part",
     "Projection",
     "RandomStart",
     "StartRegularizer",

@@ -10,13 +10,14 @@ import keras
 import tensorflow as tf
 
 from dspn_tf import checks
+from dspn_tf.inner.part import Part
 from dspn_tf.losses import huber
 
 MISMATCHES = ("huber", "mse")
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
-class StartRegularizer:
+class StartRegularizer(Part):
     """`weight * 0.5 * ||[Y, m] - [Y_0, m_0]||^2`, summed over a sample's set and mask entries.
 
     Keeps the set near its start (iDSPN's random-set auto-encoder).
@@ -38,13 +39,9 @@ class StartRegularizer:
     def get_config(self):
         return {"weight": self.weight}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
-class Objective:
+class Objective(Part):
     """Per-sample inner objective: the latent-mean mismatch of g(Y) and z, plus `terms`.
 
     Args:
@@ -75,10 +72,6 @@ class Objective:
 
     def get_config(self):
         return {"mismatch": self.mismatch, "terms": [keras.saving.serialize_keras_object(t) for t in self.terms]}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _deserialize(obj):

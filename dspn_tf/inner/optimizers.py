@@ -19,12 +19,13 @@ import keras
 import tensorflow as tf
 
 from dspn_tf import checks
+from dspn_tf.inner.part import Part
 
 # Added to a sample's gradient norm before dividing by it when clipping (as iDSPN does).
 CLIP_EPSILON = 1e-6
 
 
-class InnerTransform:
+class InnerTransform(Part):
     """One link of an inner optimiser. Subclasses override `update`, and `init` if they keep state.
 
     `updates` and the returned directions are `(set [batch, N, C], mask [batch, N])`
@@ -41,13 +42,6 @@ class InnerTransform:
     def update(self, updates, slots):
         """`(directions, new slots)` for the incoming `(set, mask)` directions."""
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")

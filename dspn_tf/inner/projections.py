@@ -3,19 +3,14 @@
 import keras
 import tensorflow as tf
 
+from dspn_tf.inner.part import Part
 
-class Projection:
+
+class Projection(Part):
     """Maps `(set [batch, N, C], mask [batch, N])` to a feasible pair. Subclasses override `__call__`."""
 
     def __call__(self, set_, mask):
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")

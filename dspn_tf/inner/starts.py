@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from dspn_tf import checks
+from dspn_tf.inner.part import Part
 
 # iDSPN's random starting set: per-sample N(0, 0.1^2) noise.
 RANDOM_START_STDDEV = 0.1
@@ -25,7 +26,7 @@ RANDOM_START_STDDEV = 0.1
 INFERENCE_ALGORITHM = "philox"
 
 
-class StartingSet:
+class StartingSet(Part):
     """Base class of the starting-set parts; subclasses override `build` and `__call__`."""
 
     def build(self, decoder, latent, trainable):
@@ -33,13 +34,6 @@ class StartingSet:
 
     def __call__(self, decoder, z, training):
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _learned_mask(decoder, trainable):

@@ -4,9 +4,10 @@ import keras
 import tensorflow as tf
 
 from dspn_tf import checks
+from dspn_tf.inner.part import Part
 
 
-class StoppingRule:
+class StoppingRule(Part):
     """Decides, before each step, which samples still move.
 
     `update(active, objective)` gets the `[batch]` bool of active samples and
@@ -20,13 +21,6 @@ class StoppingRule:
 
     def update(self, active, objective):
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
