@@ -346,11 +346,12 @@ def _remove_leftovers(export_base):
     """Deletes hidden temp dirs left by exporters that died (their pid is gone)."""
     for name in os.listdir(export_base):
         match = _HIDDEN.match(name)
-        if match and not _pid_alive(int(match.group(2))):
+        if match and not pid_alive(int(match.group(2))):
             shutil.rmtree(os.path.join(export_base, name), ignore_errors=True)
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """Whether a process with this pid exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import logging
 
 from dspn_tf.cluster import is_chief
+from dspn_tf.export import pid_alive
 
 
 class CheckpointUnreadableError(ValueError):
@@ -244,18 +245,8 @@ def _remove_dead_temporaries(folder, name):
         return
     for other in names:
         match = pattern.match(other)
-        if match and match.group("host") == host and not _pid_alive(int(match.group("pid"))):
+        if match and match.group("host") == host and not pid_alive(int(match.group("pid"))):
             try:
                 os.remove(os.path.join(folder, other))
             except OSError:
                 pass
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

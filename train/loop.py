@@ -96,8 +96,8 @@ class Action:
         raise NotImplementedError
 
 
-class WriteScalars(Action):
-    """Writes the train losses, each inner step's loss and gradient norm and the learning rate.
+class PeriodicAction(Action):
+    """An action due after every `every` steps and after the last.
 
     Args:
         every: After every this many steps, and after the last.
@@ -108,6 +108,10 @@ class WriteScalars(Action):
 
     def due(self, step, total):
         return step % self.every == 0 or step == total
+
+
+class WriteScalars(PeriodicAction):
+    """Writes the train losses, each inner step's loss and gradient norm and the learning rate (`PeriodicAction`)."""
 
     def __call__(self, loop, step, values):
         with loop.train_writer.as_default(step=step):
@@ -146,18 +150,8 @@ class WritePictures(Action):
             write_pictures(self.model, self.batch, self.task, step)
 
 
-class SaveCheckpoint(Action):
-    """Saves the loop's checkpoint (`Loop.save`).
-
-    Args:
-        every: After every this many steps, and after the last.
-    """
-
-    def __init__(self, every):
-        self.every = every
-
-    def due(self, step, total):
-        return step % self.every == 0 or step == total
+class SaveCheckpoint(PeriodicAction):
+    """Saves the loop's checkpoint (`Loop.save`; `PeriodicAction`)."""
 
     def __call__(self, loop, step, values):
         loop.save(step)
