@@ -21,6 +21,7 @@ def main():
     parser.add_argument("--config", choices=("set_mnist", "clevr_resnet", "all"), default="all")
     parser.add_argument("--iters", default="10,20,30")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch_sizes", default="1,64", help="Comma-separated batch sizes (one row each).")
     parser.add_argument("--savedmodel", action="store_true", help="Also time the exported, reloaded SavedModel.")
     parser.add_argument("--output", default="benchmarks/results/inference.json")
     args = parser.parse_args()
@@ -56,7 +57,7 @@ def main():
                     return serving(**kwargs, iters=tf.constant(iters))
 
                 runners["SavedModel"] = run_saved
-        for batch_size in (1, 64):
+        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             batch = train_step.random_batch(config, batch_size)
             inputs = {"set": batch["set"], "mask": batch["mask"]} if key == "set" else batch["image"]
             for iters in (int(i) for i in args.iters.split(",")):
@@ -88,6 +89,7 @@ def main():
                 ("batch_size", "batch", None),
                 ("iters", "steps", None),
                 ("latency_ms", "median ms/call", "{:.1f}"),
+                ("median_cpu_s", "CPU s/call", "{:.3f}"),
                 ("examples_per_s", "examples/s", "{:.1f}"),
                 ("load_before", "load (1/5/15 min)", None),
             ],
