@@ -61,14 +61,16 @@ def main():
 
     @tf.function(jit_compile=jit)
     def inner_step_first_order():
-        return decoder.inner_step(z, target, mask, True)[0]
+        state, start = decoder._initial_state(z, True)
+        return decoder.step(z, state._replace(set=target, mask=mask), start, True)[0].set
 
     @tf.function(jit_compile=jit)
     def inner_step_second_order():
         with tf.GradientTape() as tape:
             tape.watch(z)
-            new_set, new_mask, _, _ = decoder.inner_step(z, target, mask, True)
-            out = tf.reduce_sum(new_set * new_set) + tf.reduce_sum(new_mask)
+            state, start = decoder._initial_state(z, True)
+            new_state = decoder.step(z, state._replace(set=target, mask=mask), start, True)[0]
+            out = tf.reduce_sum(new_state.set * new_state.set) + tf.reduce_sum(new_state.mask)
         return tape.gradient(out, [z] + encoder.trainable_variables)
 
     @tf.function(jit_compile=jit)

@@ -23,6 +23,7 @@ decoder) runs in a fresh process so that peak RSS is its own.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -34,8 +35,8 @@ DECODERS = ("dspn", "mlp")
 BATCH = 32
 
 
-def random_batch(config, batch_size, seed=0, image_size=128):
-    """A batch shaped like the config's data: sets with 32..N real elements first."""
+def random_batch(config, batch_size, seed=0, image_size=128, set_size=None):
+    """A batch shaped like the config's data: sets with 32..N real elements first (N: `set_size` if given)."""
     import numpy as np
     import tensorflow as tf
 
@@ -44,6 +45,8 @@ def random_batch(config, batch_size, seed=0, image_size=128):
         n, c, low = 342, 2, 32
     else:
         n, c, low = 10, 18, 3
+    if set_size is not None:
+        n, low = set_size, min(low, set_size)
     sizes = rng.integers(low, n + 1, size=batch_size)
     mask = (np.arange(n)[None] < sizes[:, None]).astype(np.float32)
     values = rng.random((batch_size, n, c), dtype=np.float32) * mask[..., None]
@@ -76,13 +79,14 @@ def run_config(config, decoder, iters=10, inner_gradient="unrolled"):
     return config_lib.load(flagfile, *overrides)
 
 
-def build(config, decoder, iters=10, inner_gradient="unrolled"):
+def build(config, decoder, iters=10, inner_gradient="unrolled", set_size=None, solver=None):
     """(model, optimizer, LossSettings) of a config, built from its flagfile through `train.config`.
 
     With `inner_gradient="implicit"` the set loss scores the final step only
     (implicit gradients carry nothing else), also for set-MNIST's Chamfer.
     clevr_decoder replaces the image encoder by a Dense(latent) of a
-    random feature vector (see the module docstring).
+    random feature vector (see the module docstring); `set_size` replaces
+    its task's set size, `solver` the Hungarian loss's assignment solver.
     """
     import keras
 
@@ -95,15 +99,21 @@ def build(config, decoder, iters=10, inner_gradient="unrolled"):
     run = run_config(config, decoder, iters, inner_gradient)
     if config == "clevr_decoder":
         task, settings = config_lib.task(run), run.model
+        n = task.set_size if set_size is None else set_size
         if settings.iterative:
             encoder = RNFSEncoder(settings.dim, settings.latent, n_pieces=settings.n_pieces)
-            dec = DSPN(encoder, task.set_size, task.set_channels, **settings.inner.as_dict())
+            dec = DSPN(encoder, n, task.set_channels, **settings.inner.as_dict())
         else:
-            dec = MLPDecoder(task.set_size, task.set_channels, settings.decoder_dim)
+            dec = MLPDecoder(n, task.set_channels, settings.decoder_dim)
         model = ImageToSet(keras.layers.Dense(settings.latent, name="embed"), dec).build_on_zeros((FEATURES,))
     else:
+        if set_size is not None:
+            raise ValueError("--set_size applies to --config=clevr_decoder only.")
         model = config_lib.build_model(run)
-    return model, config_lib.build_optimizer(run, model, total=1), config_lib.loss_settings(run)
+    settings = config_lib.loss_settings(run)
+    if solver is not None:
+        settings = dataclasses.replace(settings, solver=solver)
+    return model, config_lib.build_optimizer(run, model, total=1), settings
 
 
 def measure(args):
@@ -120,11 +130,13 @@ def measure(args):
     if args.mixed_precision != "float32":
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     iters = args.iters[0]  # A child process measures one count.
-    model, optimizer, settings = build(args.config, args.decoder, iters, args.inner_gradient)
+    model, optimizer, settings = build(
+        args.config, args.decoder, iters, args.inner_gradient, set_size=args.set_size, solver=args.solver
+    )
     if args.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     trainer = Trainer(model, optimizer, settings, global_batch_size=args.batch_size, jit_compile=args.jit_compile)
-    batch = random_batch(args.config, args.batch_size)
+    batch = random_batch(args.config, args.batch_size, set_size=args.set_size)
 
     def step():
         return float(trainer.train_step(batch)["train/loss"])
@@ -147,6 +159,8 @@ def measure(args):
         "policy": args.mixed_precision,
         "iters": iters,
         "inner_gradient": args.inner_gradient,
+        "set_size": args.set_size,
+        "solver": settings.for_step(jit_compile=args.jit_compile).solver,
         **timing,
         "examples_per_s": args.batch_size / timing["median_s"],
         "peak_rss_mib": harness.peak_rss_mib(),
@@ -165,6 +179,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps after the first (tracing) one.")
     parser.add_argument("--repeats", type=int, default=10, help="Timed steps; the median is reported.")
     parser.add_argument("--jit_compile", action="store_true", help="XLA-compile the train step.")
+    parser.add_argument("--set_size", type=int, help="clevr_decoder only: the set size (default: the task's 10).")
+    parser.add_argument(
+        "--solver", choices=("auto", "tf", "scipy"), help="Hungarian assignment solver (default: the config's)."
+    )
     parser.add_argument(
         "--mixed_precision",
         choices=("float32", "mixed_bfloat16", "mixed_float16"),
@@ -215,6 +233,10 @@ def main():
         ]
         if args.jit_compile:
             argv.append("--jit_compile")
+        if args.set_size:
+            argv.append(f"--set_size={args.set_size}")
+        if args.solver:
+            argv.append(f"--solver={args.solver}")
         if args.profile_dir:
             argv.append(f"--profile_dir={os.path.join(args.profile_dir, config + '_' + decoder)}")
         row = harness.run_child("benchmarks.train_step", argv)
@@ -230,6 +252,8 @@ def main():
                 ("inner_gradient", "gradient", None),
                 ("iters", "iters", None),
                 ("jit_compile", "XLA", None),
+                ("set_size", "set size", None),
+                ("solver", "solver", None),
                 ("policy", "dtype policy", None),
                 *harness.STEP_COLUMNS,
                 ("step_rss_mib", "RSS growth in steps (MiB)", "{:.0f}"),
