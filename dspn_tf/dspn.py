@@ -218,6 +218,7 @@ class DSPN(keras.layers.Layer):
         self.stopping = stopping_rules.get(options.tolerance if stopping is None else stopping)
         self.start = starts.get(starting_set, seed=seed)
         self.latent = None
+        self._eager_inference = _GraphLoops(self)
 
     def build(self, input_shape):
         self.latent = input_shape[-1]
@@ -292,6 +293,12 @@ class DSPN(keras.layers.Layer):
             InnerLoopConfig.check("iters", iters, owner="DSPN")
         else:
             iters = _checked_tensor_iters(iters)
+        if not training and tf.executing_eagerly():
+            # Called eagerly for predictions: run the graph loop with the signature shapes of an
+            # exported model, so that eager calls, `predict` and a served SavedModel give the
+            # same numbers (eager kernels round some sums in another order than a graph, and
+            # the inner loop can amplify a last-bit difference at a near-tie of FSPool's sort).
+            return self._eager_inference(z, iters)
         state, start = self._initial_state(z, training)
         if training and self.gradient == "implicit":
             return self._implicit(z, state, start, iters, training)
@@ -514,6 +521,32 @@ def _stopping_shorthand(rule):
     if type(rule) is stopping_rules.Tolerance:
         return {"tolerance": rule.tolerance}
     return None
+
+
+class _GraphLoops:
+    """Inference calls of a DSPN made eagerly, run as the graph loop of an exported signature.
+
+    One `tf.function` per embedding dtype, traced for a batch of unknown size and a scalar
+    int32 `iters`, as `dspn_tf.export` traces it. A plain object (not a Keras or tf.Module
+    attribute), so the functions are neither tracked nor saved with the model.
+    """
+
+    def __init__(self, decoder):
+        self._decoder = decoder
+        self._functions = {}
+
+    def __call__(self, z, iters):
+        function = self._functions.get(z.dtype)
+        if function is None:
+            decoder = self._decoder
+
+            def loop(z, iters):
+                state, start = decoder._initial_state(z, False)
+                return decoder._looped(z, state, start, iters, False)
+
+            specs = [tf.TensorSpec([None, z.shape[-1]], z.dtype), tf.TensorSpec([], tf.int32)]
+            function = self._functions[z.dtype] = tf.function(loop, input_signature=specs)
+        return function(z, tf.cast(iters, tf.int32))
 
 
 def _start_shorthand(start, seed):

@@ -127,8 +127,11 @@ class SetEncoder(keras.layers.Layer):
         # unchanged by a positive scale, so dividing the pooled [batch, latent]
         # output is the same function as dividing the [batch, items, latent]
         # items, at 1/items of the cost.
+        # Multiplied by the reciprocal, not divided: a graph traced with a known set size has
+        # Grappler turn the division into this product, so every execution mode computes the
+        # same numbers (a division rounds differently in the last bit).
         pooled = self.pool(x)
-        return pooled / tf.cast(tf.shape(x)[1], pooled.dtype)
+        return pooled * tf.math.reciprocal(tf.cast(tf.shape(x)[1], pooled.dtype))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.latent)
