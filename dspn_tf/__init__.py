@@ -7,6 +7,7 @@ from dspn_tf.encoders import FSEncoder, RNFSEncoder, SetEncoder
 from dspn_tf.fspool import FSPool
 from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
 from dspn_tf.models import ImageToSet, SetAutoEncoder, VectorToSet, build_model
+from dspn_tf.step_size import suggest_inner_lr
 
 __version__ = "0.1.0"
 
@@ -27,4 +28,5 @@ __all__ = [
     "build_model",
     "losses",
     "optimizers",
+    "suggest_inner_lr",
 ]

@@ -526,9 +526,10 @@ def _stopping_shorthand(rule):
 class _GraphLoops:
     """Inference calls of a DSPN made eagerly, run as the graph loop of an exported signature.
 
-    One `tf.function` per embedding dtype, traced for a batch of unknown size and a scalar
-    int32 `iters`, as `dspn_tf.export` traces it. A plain object (not a Keras or tf.Module
-    attribute), so the functions are neither tracked nor saved with the model.
+    One `tf.function` per embedding dtype, step size and set of parts, traced for a batch
+    of unknown size and a scalar int32 `iters`, as `dspn_tf.export` traces it. A plain
+    object (not a Keras or tf.Module attribute), so the functions are neither tracked nor
+    saved with the model.
     """
 
     def __init__(self, decoder):
@@ -536,17 +537,23 @@ class _GraphLoops:
         self._functions = {}
 
     def __call__(self, z, iters):
-        function = self._functions.get(z.dtype)
+        decoder = self._decoder
+        # What a trace bakes in: a decoder whose step size or parts were replaced traces anew.
+        key = (z.dtype, decoder.lr, *map(id, self._parts()))
+        function = self._functions.get(key)
         if function is None:
-            decoder = self._decoder
 
             def loop(z, iters):
                 state, start = decoder._initial_state(z, False)
                 return decoder._looped(z, state, start, iters, False)
 
             specs = [tf.TensorSpec([None, z.shape[-1]], z.dtype), tf.TensorSpec([], tf.int32)]
-            function = self._functions[z.dtype] = tf.function(loop, input_signature=specs)
+            function = self._functions[key] = tf.function(loop, input_signature=specs)
         return function(z, tf.cast(iters, tf.int32))
+
+    def _parts(self):
+        decoder = self._decoder
+        return (decoder.inner_objective, decoder.inner_optimizer, decoder.projection, decoder.stopping, decoder.start)
 
 
 def _start_shorthand(start, seed):

@@ -1,5 +1,6 @@
 """The DSPN decoder (docs/algorithm.md §3): inner optimisation, equivariance, batch independence, second order."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -280,3 +281,18 @@ def test_graph_loop_with_zero_iters_and_dynamic_batch():
     assert out["sets"].shape == (1, 3, 5, 2)
     assert out["inner_losses"].shape == (0, 3) and out["grad_norms"].shape == (0, 3)
     np.testing.assert_allclose(out["masks"][0].numpy(), 0.5)
+
+
+def test_eager_inference_follows_a_changed_step_size():
+    """Eager calls run a cached graph loop; changing `lr` afterwards must not reuse the old trace."""
+    keras.utils.set_random_seed(0)
+    decoder = DSPN(FSEncoder(dim=8, latent=4), set_size=5, set_channels=2, iters=3, lr=25.0)
+    z = tf.random.normal([3, 4])
+    at_25 = decoder(z)["sets"][-1].numpy()
+    decoder.lr = 2.5
+    at_2_5 = decoder(z)["sets"][-1].numpy()
+    assert not np.allclose(at_25, at_2_5)
+    fresh = DSPN(FSEncoder(dim=8, latent=4), set_size=5, set_channels=2, iters=3, lr=2.5)
+    fresh(z)
+    fresh.set_weights(decoder.get_weights())
+    np.testing.assert_array_equal(fresh(z)["sets"][-1].numpy(), at_2_5)

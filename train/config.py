@@ -12,6 +12,7 @@ inner-step schedule and the learning rate.
 
 import copy
 import dataclasses
+import json
 import os
 import sys
 
@@ -23,6 +24,7 @@ from dspn_tf import optimizers
 from dspn_tf.data import batches
 from dspn_tf.inner.config import InnerLoopConfig
 from dspn_tf.models import build_model as build_model_from_args
+from dspn_tf.step_size import suggest_inner_lr
 from dspn_tf.training import LossSettings
 from train import decoders, tasks
 from train import flags as train_flags
@@ -52,7 +54,9 @@ class ModelConfig:
 
     `inner` is the `dspn_tf.inner.InnerLoopConfig` of --iters, --inner_lr, the other
     --inner_* flags, --starting_set, --start_regularizer and --seed
-    (`train.flags.INNER_LOOP_FLAGS`); a baseline decoder ignores it.
+    (`train.flags.INNER_LOOP_FLAGS`); a baseline decoder ignores it. With
+    --inner_lr=auto, `inner_lr_auto` is True and `inner.lr` holds the default
+    until `resolve_inner_lr` puts the chosen step there.
     """
 
     decoder: str
@@ -65,6 +69,7 @@ class ModelConfig:
     baseline_mask_offset: float
     mixed_precision: str
     inner: InnerLoopConfig
+    inner_lr_auto: bool = False
 
     @property
     def iterative(self):
@@ -172,6 +177,8 @@ class RunConfig:
             for name in path:
                 value = getattr(value, name)
             values[flag] = value
+        if self.model.inner_lr_auto:
+            values["inner_lr"] = train_flags.AUTO
         return values
 
 
@@ -192,7 +199,7 @@ def _flag_fields():
     fields = {}
     for section, cls in _SECTIONS.items():
         for field in dataclasses.fields(cls):
-            if field.name != "inner":
+            if field.name not in ("inner", "inner_lr_auto"):
                 fields[field.name] = (section, field.name)
     for flag, field in train_flags.INNER_LOOP_FLAGS.items():
         fields.setdefault(flag, ("model", "inner", field))  # --seed is run.seed (and model.inner.seed).
@@ -214,12 +221,16 @@ def from_flags(flag_values=None, argv=None):
     def section(cls, **given):
         return cls(**{f.name: value(f.name) for f in dataclasses.fields(cls) if f.name not in given}, **given)
 
-    inner = InnerLoopConfig(**{field: value(flag) for flag, field in train_flags.INNER_LOOP_FLAGS.items()})
+    inner = {field: value(flag) for flag, field in train_flags.INNER_LOOP_FLAGS.items()}
+    inner_lr_auto = inner["lr"] == train_flags.AUTO
+    if inner_lr_auto:
+        inner["lr"] = InnerLoopConfig.lr  # Until resolve_inner_lr chooses the step.
+    inner = InnerLoopConfig(**inner)
     args = list(sys.argv if argv is None else argv)[1:]
     last = max((i for i, a in enumerate(args) if a.startswith("--flagfile=")), default=None)
     return RunConfig(
         data=section(DataConfig),
-        model=section(ModelConfig, inner=inner),
+        model=section(ModelConfig, inner=inner, inner_lr_auto=inner_lr_auto),
         optimization=section(OptimizationConfig),
         evaluation=section(EvaluationConfig),
         pictures=section(PicturesConfig),
@@ -335,6 +346,63 @@ def loss_settings(config):
         # embedding is g(target) already.
         repr_lambda = 0.1 if (model.iterative and run_task.kind == "image") else 0.0
     return LossSettings(set_key=run_task.set_key, loss=loss, all_steps=all_steps, repr_lambda=repr_lambda)
+
+
+INNER_LR_FILE = "inner_lr.json"
+
+
+def inner_lr_path(config):
+    """Where a run with --inner_lr=auto keeps the step it chose: `<model_dir>/inner_lr.json`."""
+    return os.path.join(config.run.model_dir, INNER_LR_FILE)
+
+
+def with_inner_lr(config, lr):
+    """`config` with the inner step `lr` in place of --inner_lr=auto."""
+    inner = dataclasses.replace(config.model.inner, lr=float(lr))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, inner=inner, inner_lr_auto=False))
+
+
+def saved_inner_lr(config):
+    """`config` with the step its run chose for --inner_lr=auto, read from `inner_lr_path`.
+
+    Returns `config` unchanged if it has a numeric --inner_lr or a baseline
+    decoder, and None if the run directory has no chosen step yet.
+
+    Raises:
+        ValueError: naming the file if it exists but holds no positive step.
+    """
+    if not (config.model.inner_lr_auto and config.model.iterative):
+        return config
+    path = inner_lr_path(config)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            lr = json.load(f)["inner_lr"]
+        InnerLoopConfig.check("lr", lr, owner=path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--inner_lr=auto: {path} does not hold the run's inner step ({e}).") from None
+    return with_inner_lr(config, lr)
+
+
+def resolved_inner_lr(config):
+    """`saved_inner_lr(config)`, for the entry points that load a trained run (evaluate, export, pictures).
+
+    Raises:
+        ValueError: if --inner_lr=auto and the run directory has no chosen step.
+    """
+    resolved = saved_inner_lr(config)
+    if resolved is None:
+        raise ValueError(
+            f"--inner_lr=auto: {inner_lr_path(config)} does not exist. train.train chooses the step when it "
+            "starts a run in --model_dir; point --model_dir at that run, or pass --inner_lr=<number>."
+        )
+    return resolved
+
+
+def suggested_inner_lr(config, model, batch):
+    """The step `dspn_tf.suggest_inner_lr` picks for `model` as built and `batch` (the task's set key)."""
+    return suggest_inner_lr(model, batch, set_key=task(config).set_key)
 
 
 def build_model(config):

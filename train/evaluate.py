@@ -22,7 +22,7 @@ from train import config as config_lib
 
 def main(argv):
     del argv
-    config = config_lib.from_flags()
+    config = config_lib.resolved_inner_lr(config_lib.from_flags())
     model = config_lib.build_model(config)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     # Only the model and step are read; optimizer and iterator are skipped.

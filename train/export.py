@@ -24,7 +24,7 @@ from train import config as config_lib
 
 def main(argv):
     del argv
-    config = config_lib.from_flags()
+    config = config_lib.resolved_inner_lr(config_lib.from_flags())
     options, model_dir = config.export, config.run.model_dir
     checkpoint_dir = options.checkpoint_dir or os.path.join(model_dir, "checkpoints")
     export_base = options.export_base or os.path.join(model_dir, "export")

@@ -60,7 +60,31 @@ flags.DEFINE_float(
     "Added to the MLP / LSTM baselines' raw mask output (the paper's set-MNIST runs: 1; the reference code: 0).",
 )
 flags.DEFINE_integer("iters", 10, "DSPN inner steps in training.")
-flags.DEFINE_float("inner_lr", 25.0, "DSPN per-sample inner step size (reference: 800 at batch 32 = 25).")
+# --inner_lr=AUTO asks train.train for dspn_tf.suggest_inner_lr's step (train/config.py, resolve_inner_lr).
+AUTO = "auto"
+
+
+class _StepSizeParser(flags.FloatParser):
+    """A float flag that also takes the word "auto"."""
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip() == AUTO:
+            return AUTO
+        return super().parse(argument)
+
+    def flag_type(self):
+        return "float or 'auto'"
+
+
+flags.DEFINE(
+    _StepSizeParser(),
+    "inner_lr",
+    25.0,
+    "DSPN per-sample inner step size (reference: 800 at batch 32 = 25), or 'auto': the step "
+    "dspn_tf.suggest_inner_lr picks for the initial model and the first evaluation batch, chosen and "
+    "printed when train.train starts the run and kept in <model_dir>/inner_lr.json.",
+    serializer=flags.ArgumentSerializer(),
+)
 flags.DEFINE_integer("n_pieces", 20, "FSPool pieces.")
 # DSPN inner-loop options (the defaults are the DSPN paper's; iDSPN: implicit, lr 1, momentum 0.9, clip 10, mse, random).
 flags.DEFINE_enum(
@@ -258,6 +282,8 @@ def _inner_loop_check(field):
     """An absl validator of one `InnerLoopConfig` field (its ValueError becomes absl's ValidationError)."""
 
     def check(value):
+        if field == "lr" and value == AUTO:
+            return True
         try:
             InnerLoopConfig.check(field, value, owner="DSPN")
         except ValueError as e:

@@ -71,14 +71,14 @@ def load_baseline(config):
         raise ValueError(
             f"train.pictures: --baseline_model_dir={folder} is a {other.data.dataset} run; this run is {config.data.dataset}."
         )
-    model = config_lib.build_model(other)
+    model = config_lib.build_model(config_lib.resolved_inner_lr(other))
     checkpoints.restore({"model": model}, os.path.join(folder, "checkpoints"), None)
     return model
 
 
 def main(argv):
     del argv
-    config = config_lib.from_flags()
+    config = config_lib.resolved_inner_lr(config_lib.from_flags())
     output = config.evaluation.output
     if not output:
         raise ValueError("train.pictures: set --output to the PNG file to write.")

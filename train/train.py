@@ -8,6 +8,7 @@ Restarting the same command resumes from the newest checkpoint in --model_dir.
 from train import startup  # noqa: F401  First: keeps TensorFlow's C++ start-up logging out (train/startup.py).
 
 # isort: split
+import json
 import os
 import shlex
 import sys
@@ -28,6 +29,9 @@ __all__ = ["NonFiniteLossError", "WorkerLostError", "main", "run"]
 def main(argv):
     del argv
     config = config_lib.from_flags()
+    resumed = config_lib.saved_inner_lr(config)  # A resumed --inner_lr=auto run keeps its step.
+    inner_lr_kept = resumed is not None and config.model.inner_lr_auto
+    config = resumed or config
     config_lib.set_seeds(config)
     strategy = config_lib.make_strategy(config)
     settings = config_lib.loss_settings(config)
@@ -42,6 +46,11 @@ def main(argv):
     with strategy.scope():
         model = config_lib.build_model(config)
         optimizer = config_lib.build_optimizer(config, model, total)
+    eval_ds = config_lib.eval_batches(config)
+    if inner_lr_kept:
+        inner_lr_note = f"Inner step size: {config.model.inner.lr:g} (--inner_lr=auto, chosen when the run started)."
+    else:
+        config, inner_lr_note = choose_inner_lr(config, model, eval_ds, strategy)
     trainer = Trainer(
         model,
         optimizer,
@@ -51,11 +60,13 @@ def main(argv):
         run_eagerly=config.run.run_eagerly,
         jit_compile=config.run.jit_compile,
     )
-    loop, evaluate = make_loop(config, trainer, train_ds, config_lib.eval_batches(config), total, schedule)
+    loop, evaluate = make_loop(config, trainer, train_ds, eval_ds, total, schedule)
     loop.restore()
     loop.drop_stale_events()
     loop.open_writers()
     print(describe_run(config, model, train_size, total), flush=True)
+    if inner_lr_note:
+        print(inner_lr_note, flush=True)
     events.emit(config.run.model_dir, events.TRAINING, chief=loop.chief, step=int(loop.step), total_steps=total)
     if loop.chief:  # The settings on TensorBoard's HParams dashboard (train/hparams.py).
         hparams.log_settings(
@@ -70,6 +81,32 @@ def main(argv):
             report(config, results, int(loop.step))
         hparams.log_results(config.run.model_dir, results, step=int(loop.step), train_loss=train_loss)
     events.emit(config.run.model_dir, events.DONE, chief=loop.chief, step=int(loop.step))
+
+
+def choose_inner_lr(config, model, eval_ds, strategy):
+    """Resolves --inner_lr=auto for a new run: the step of `dspn_tf.suggest_inner_lr`, set on the model.
+
+    The suggestion reads the model as built (before any checkpoint is restored)
+    and the first evaluation batch; the chief keeps it in `<model_dir>/inner_lr.json`,
+    which a resumed run, train.evaluate and train.export read instead.
+
+    Returns:
+        `(config, note)`: the config with the chosen step (unchanged if there was
+        nothing to choose) and the line to print at the start of the run, or None.
+    """
+    if not config.model.inner_lr_auto:
+        return config, None
+    if not model.iterative:
+        return config, f"--inner_lr=auto: the {config.model.decoder} decoder has no inner loop; nothing to choose."
+    lr = config_lib.suggested_inner_lr(config, model, next(iter(eval_ds)))
+    model.decoder.lr = lr
+    path = config_lib.inner_lr_path(config)
+    checkpoints.write_run_file(strategy, path, json.dumps({"inner_lr": lr, "rule": "dspn_tf.suggest_inner_lr"}) + "\n")
+    note = (
+        f"Inner step size: {lr:g} (--inner_lr=auto: dspn_tf.suggest_inner_lr for the initial model and the first "
+        f"evaluation batch; the DSPN paper's step is 25). Kept in {path}."
+    )
+    return config_lib.with_inner_lr(config, lr), note
 
 
 def make_loop(config, trainer, train_ds, eval_ds, total, schedule):
