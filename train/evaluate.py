@@ -36,6 +36,7 @@ def main(argv):
         config_lib.eval_batches(config),
         set_key=config_lib.task(config).set_key,
         iters_list=config_lib.eval_iters(config, model.iterative),
+        metric=config_lib.task(config).eval_metric,
     )
     output = options.output or os.path.join(config.run.model_dir, f"eval_results_{step}.json")
     dataset, decoder = config.data.dataset, config.model.decoder

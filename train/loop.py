@@ -169,16 +169,18 @@ class Evaluate(Action):
         set_key: Key of the target set in a batch.
         iters_list: Inner step counts to evaluate at.
         every: After every this many steps (0: never).
+        metric: `dspn_tf.evaluation.evaluate`'s `metric` (None: the one of `set_key`).
     """
 
     redo_on_resume = True
 
-    def __init__(self, model, dataset, *, set_key, iters_list, every=0):
+    def __init__(self, model, dataset, *, set_key, iters_list, every=0, metric=None):
         self.model = model
         self.dataset = dataset
         self.set_key = set_key
         self.iters_list = iters_list
         self.every = every
+        self.metric = metric
 
     def due(self, step, total):
         return bool(self.every) and step % self.every == 0 and step != total
@@ -191,7 +193,9 @@ class Evaluate(Action):
         step = int(loop.step)
         print(f"Evaluating step {step} at {', '.join(map(str, self.iters_list))} inner steps ...", flush=True)
         events.emit(loop.model_dir, events.EVALUATING, chief=loop.chief, step=step)
-        results = evaluation.evaluate(self.model, self.dataset, set_key=self.set_key, iters_list=self.iters_list)
+        results = evaluation.evaluate(
+            self.model, self.dataset, set_key=self.set_key, iters_list=self.iters_list, metric=self.metric
+        )
         with loop.eval_writer.as_default(step=step):
             for iters, row in results.items():
                 for name, value in row.items():
