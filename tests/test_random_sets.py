@@ -106,7 +106,7 @@ def test_the_metric_is_the_features_only_hungarian_smooth_l1(rng):
     # The training loss is the same function, with either assignment solver.
     for solver in ("tf", "scipy"):
         loss = losses_lib.hungarian_loss(
-            pred[10], predictions["scores"][10], target, np.ones((40, 8)), solver=solver, score_mask=False
+            pred[10], predictions["scores"][10], target, np.ones((40, 8), np.float32), solver=solver, score_mask=False
         )
         np.testing.assert_allclose(float(loss), numpy_hungarian(pred[10], target), rtol=1e-5)
 
