@@ -27,7 +27,7 @@ def eval_values(model_dir, tag="eval/hungarian/iters_10"):
 
 
 @pytest.mark.parametrize("name", ["random_sets_idspn_momentum", "random_sets_dspn"])
-def test_a_run_logs_the_validation_metric(tmp_path, name):
+def test_a_run_logs_the_validation_metric(tmp_path, capsys, name):
     model_dir = str(tmp_path / "run")
     flagfile = os.path.join(ROOT, f"configs/{name}.cfg")
     run([f"--flagfile={flagfile}", *TINY, "--train_steps=4", "--eval_every=2", f"--model_dir={model_dir}"])
@@ -38,6 +38,12 @@ def test_a_run_logs_the_validation_metric(tmp_path, name):
     assert results["dataset"] == "random_sets" and results["step"] == 4
     assert results["results"]["10"]["num_examples"] == 12
     assert results["results"]["10"]["hungarian"] == pytest.approx(values[4], rel=1e-6)
+    # The run's logs have it too: printed, and in run_events.jsonl.
+    assert f"Evaluated step 2: hungarian {values[2]:.6g} at 10 inner steps" in capsys.readouterr().out
+    with open(os.path.join(model_dir, "run_events.jsonl")) as f:
+        evaluated = [json.loads(line) for line in f if '"evaluated"' in line]
+    assert [e["step"] for e in evaluated] == [2, 4]
+    assert evaluated[0]["results"]["10"]["hungarian"] == pytest.approx(values[2], rel=1e-6)
 
 
 def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):

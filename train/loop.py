@@ -160,6 +160,9 @@ class SaveCheckpoint(PeriodicAction):
 class Evaluate(Action):
     """Evaluates the model at several inner step counts and writes `eval/<metric>/iters_<n>`.
 
+    Also prints the first metric at each step count, and the `evaluated` line of
+    `run_events.jsonl` holds the results.
+
     Periodic evaluations skip the last step: the entry point evaluates the final
     model itself (`evaluate(loop)`). Runs again on resume (see `Action`).
 
@@ -201,7 +204,13 @@ class Evaluate(Action):
                 for name, value in row.items():
                     if name != "num_examples":
                         tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
-        events.emit(loop.model_dir, events.EVALUATED, chief=loop.chief, step=step)
+        first = {iters: next(name for name in row if name != "num_examples") for iters, row in results.items()}
+        print(
+            f"Evaluated step {step}: "
+            + ", ".join(f"{name} {results[iters][name]:.6g} at {iters} inner steps" for iters, name in first.items()),
+            flush=True,
+        )
+        events.emit(loop.model_dir, events.EVALUATED, chief=loop.chief, step=step, results=results)
         return results
 
 
