@@ -74,7 +74,7 @@ def test_the_published_split_is_standard_normal():
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
-    args = dict(split="train", num_sets=4, set_size=2, channels=2, seed=0, **kwargs)
+    args = {**dict(split="train", num_sets=4, set_size=2, channels=2, seed=0), **kwargs}
     with pytest.raises(ValueError, match=match):
         random_sets.draw(args.pop("split"), **args)
 
