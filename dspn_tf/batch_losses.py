@@ -55,6 +55,8 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
     sets, masks = tf.cast(outputs["sets"], dtype), tf.cast(outputs["masks"], dtype)
     target_set, target_mask = tf.cast(batch[settings.set_key], dtype), tf.cast(batch["mask"], dtype)
     kwargs = {"solver": settings.solver} if settings.loss == "hungarian" else {}
+    if not settings.score_mask:
+        kwargs["score_mask"] = False
     set_loss = loss_fn(sets, masks, target_set, target_mask, all_steps=settings.all_steps, reduction="none", **kwargs)
     repr_loss = tf.zeros_like(set_loss)
     encoder = model.repr_encoder

@@ -117,8 +117,10 @@ class DSPN(keras.layers.Layer):
         optimizer: A `dspn_tf.inner.InnerTransform` (e.g.
             `chain(ClipPerSample(10), Momentum(0.9))`), in place of
             `momentum` / `nesterov` / `clip`.
-        projection: A `dspn_tf.inner.Projection` applied to the start and
-            after every step (default `ClipMask`: the mask to [0, 1]).
+        projection: A `dspn_tf.inner.Projection` (or its name) applied to the
+            start and after every step (default `ClipMask`: the mask to
+            [0, 1]; `"full_mask"`: `FullMask`, the mask held at 1, for sets
+            without padding).
         stopping: A `dspn_tf.inner.StoppingRule`, in place of `tolerance`.
 
     Call arguments:
@@ -225,6 +227,9 @@ class DSPN(keras.layers.Layer):
         # With implicit gradients the start is reached only through terms of the objective that use it.
         start_trainable = self.gradient == "unrolled" or bool(getattr(self.inner_objective, "terms", True))
         self.start.build(self, self.latent, start_trainable)
+        if getattr(self.projection, "holds_mask", False) and hasattr(self, "starting_mask"):
+            # The projection replaces the mask, so nothing reaches the learned starting mask.
+            self.starting_mask.trainable = False
         if not self.encoder.built:
             self.encoder.build((None, self.set_size, self.set_channels))
 

@@ -27,6 +27,9 @@ class LossSettings:
             `evaluate` and the custom loop's `Trainer` resolve "auto" to "tf"
             when the step is XLA-compiled or an accelerator is visible
             (`for_step`). Configs saved without it load as "auto".
+        score_mask: Compare the mask as one more feature of every element
+            (True) or the set's features only (False: sets without padding,
+            whose decoder holds the mask at 1). Configs saved without it load as True.
     """
 
     set_key: str = "set"
@@ -35,6 +38,7 @@ class LossSettings:
     repr_lambda: float = 0.0
     iters: int | None = None
     solver: str = "auto"
+    score_mask: bool = True
 
     def __post_init__(self):
         if self.loss not in ("chamfer", "hungarian"):
@@ -45,6 +49,8 @@ class LossSettings:
             isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1
         ):
             raise ValueError(f"LossSettings: `iters` must be None or an int >= 1; received {self.iters!r}.")
+        if not isinstance(self.score_mask, bool):
+            raise ValueError(f"LossSettings: `score_mask` must be True or False; received {self.score_mask!r}.")
         if self.solver not in SOLVERS:
             raise ValueError(f"LossSettings: `solver` must be one of {SOLVERS}; received {self.solver!r}.")
 

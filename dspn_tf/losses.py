@@ -159,7 +159,7 @@ def _chamfer_pairs(pred, target):
     return value, grad
 
 
-def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=True, reduction="mean"):
+def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=True, reduction="mean", score_mask=True):
     """Chamfer loss averaged over decoder steps (set-MNIST; docs/algorithm.md §7).
 
     Per sample and step: `mean_j min_i d(i, j) + mean_i min_j d(i, j)` with d
@@ -175,6 +175,8 @@ def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=True,
         all_steps: If True (the reference for Chamfer), the loss is averaged
             over all steps; if False, only the last step is scored.
         reduction: "mean" (scalar, batch mean) or "none" (`[batch]`).
+        score_mask: If True, the mask is one more feature of every element;
+            if False, only the set's features are compared (sets without padding).
 
     Returns:
         The loss averaged over the scored steps.
@@ -185,11 +187,11 @@ def chamfer_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=True,
     target_set = tf.convert_to_tensor(target_set, pred_sets.dtype)
     target_mask = tf.convert_to_tensor(target_mask, pred_sets.dtype)
     _check_target("chamfer_loss", target_set, target_mask, pred_sets)
-    target = _with_mask(target_set, target_mask)
+    target = _with_mask(target_set, target_mask) if score_mask else target_set
 
     def one_step(args):
         s, m = args
-        return _chamfer_pairs(_with_mask(s, m), target)  # Shape: [batch].
+        return _chamfer_pairs(_with_mask(s, m) if score_mask else s, target)  # Shape: [batch].
 
     steps = pred_sets.shape[0]
     if steps is not None:
@@ -241,7 +243,9 @@ def hungarian_assignment(cost, solver="auto"):
     return cols
 
 
-def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=False, reduction="mean", solver="auto"):
+def hungarian_loss(
+    pred_sets, pred_masks, target_set, target_mask, all_steps=False, reduction="mean", solver="auto", score_mask=True
+):
     """Hungarian loss (CLEVR; docs/algorithm.md §7).
 
     The optimal one-to-one matching of predicted and target `[set, mask]`
@@ -257,6 +261,10 @@ def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=Fal
             True (the paper's text), the loss is averaged over all steps.
         reduction: "mean" (scalar) or "none" (`[batch]`).
         solver: The assignment solver, "auto", "tf" or "scipy" (`hungarian_assignment`).
+        score_mask: If True, the mask is one more feature of every element;
+            if False, only the set's features are matched and scored (sets
+            without padding, as iDSPN's random sets: the mean over the C
+            features of the smooth-L1, then over the n pairs).
     """
     pred_sets, pred_masks = _as_steps(pred_sets, pred_masks, "hungarian_loss")
     target_set = tf.convert_to_tensor(target_set, pred_sets.dtype)
@@ -269,10 +277,10 @@ def hungarian_loss(pred_sets, pred_masks, target_set, target_mask, all_steps=Fal
         )
     if not all_steps:
         pred_sets, pred_masks = pred_sets[-1:], pred_masks[-1:]
-    target = _with_mask(target_set, target_mask)
+    target = _with_mask(target_set, target_mask) if score_mask else target_set
     steps = tf.shape(pred_sets)[0]
     batch = tf.shape(pred_sets)[1]
-    pred = _with_mask(pred_sets, pred_masks)  # Shape: [steps, batch, n, F].
+    pred = _with_mask(pred_sets, pred_masks) if score_mask else pred_sets  # Shape: [steps, batch, n, F].
     flat_pred = tf.reshape(pred, tf.concat([[-1], tf.shape(pred)[2:]], axis=0))
     flat_target = tf.tile(target, [steps, 1, 1])  # Shape: [steps * batch, n, F].
     cost = pairwise_cost(flat_pred, flat_target)  # Shape: [steps * batch, n, n].

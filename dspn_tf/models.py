@@ -13,6 +13,7 @@ Both also train with Keras' own loop: `compile(optimizer=...)`, then `fit`,
 import keras
 import tensorflow as tf
 
+from dspn_tf import checks
 from dspn_tf import training as training_lib
 from dspn_tf.dspn import DSPN
 
@@ -449,6 +450,10 @@ def build_model(
     iters=None,
     inner_lr=None,
     dspn_options=None,
+    separate_objective_encoder=False,
+    objective_dim=None,
+    projection=None,
+    start_stddev=None,
 ):
     """Builds the model of one of the paper's tasks from plain settings.
 
@@ -477,6 +482,15 @@ def build_model(
         inner_lr: Shorthand for `inner.lr`.
         dspn_options: Further `InnerLoopConfig` fields as a dict (`gradient`,
             `momentum`, ...), merged into `inner`.
+        separate_objective_encoder: Auto-encoder with a DSPN decoder only: if
+            True, the DSPN's inner objective has its own set encoder (width
+            `objective_dim`), not the input encoder (iDSPN's random sets);
+            if False, the two are one (the DSPN paper).
+        objective_dim: Hidden width of the separate objective encoder (default `dim`).
+        projection: The DSPN's projection after every inner step (None:
+            `ClipMask`; "full_mask": the mask held at 1, for sets without padding).
+        start_stddev: With the learned starting set: None initialises it
+            U[0, 1) (the DSPN paper), a positive number N(0, start_stddev^2).
 
     Returns:
         A `SetAutoEncoder` or `ImageToSet`.
@@ -488,7 +502,7 @@ def build_model(
     from dspn_tf.baselines import LSTMDecoder, MLPDecoder
     from dspn_tf.encoders import FSEncoder, RNFSEncoder
     from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
-    from dspn_tf.inner import InnerLoopConfig, MLPStart
+    from dspn_tf.inner import InnerLoopConfig, LearnedStart, MLPStart
 
     tasks = {"autoencoder": SetAutoEncoder, "image": ImageToSet}
     set_encoders = {"fs": FSEncoder, "rnfs": RNFSEncoder}
@@ -509,17 +523,34 @@ def build_model(
     except TypeError as e:
         raise ValueError(f"build_model: {e}") from None
 
-    def make_set_encoder():
-        return set_encoders[set_encoder](dim, latent, n_pieces=n_pieces)
+    if separate_objective_encoder and (decoder != "dspn" or tasks[task] is not SetAutoEncoder):
+        raise ValueError(
+            "build_model: `separate_objective_encoder` is for an auto-encoder with a DSPN decoder; received "
+            f"task={task!r}, decoder={decoder!r}."
+        )
+    if objective_dim is not None:
+        checks.positive_ints("build_model", objective_dim=objective_dim)
+    if start_stddev is not None and inner["starting_set"] != "learned":
+        raise ValueError(
+            "build_model: `start_stddev` initialises the learned starting set; received starting_set="
+            f"{inner['starting_set']!r}."
+        )
+
+    def make_set_encoder(width=dim):
+        return set_encoders[set_encoder](width, latent, n_pieces=n_pieces)
 
     if decoder == "dspn":
         if inner["starting_set"] == "mlp":
             inner["starting_set"] = MLPStart(dim=decoder_dim or dim)
-        dec = DSPN(make_set_encoder(), set_size, set_channels, **inner)
+        elif start_stddev is not None:
+            inner["starting_set"] = LearnedStart(stddev=start_stddev)
+        objective_encoder = make_set_encoder(objective_dim or dim) if separate_objective_encoder else None
+        dec = DSPN(objective_encoder or make_set_encoder(), set_size, set_channels, projection=projection, **inner)
     else:
         dec = baselines[decoder](set_size, set_channels, decoder_dim or dim, mask_offset=mask_offset)
     if tasks[task] is SetAutoEncoder:
-        model = SetAutoEncoder(dec, encoder=None if decoder == "dspn" else make_set_encoder())
+        shared = decoder == "dspn" and not separate_objective_encoder
+        model = SetAutoEncoder(dec, encoder=None if shared else make_set_encoder())
     else:
         model = ImageToSet(images[image_encoder](latent), dec)
     return model if input_shape is None else model.build_on_zeros(tuple(input_shape))

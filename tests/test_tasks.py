@@ -11,7 +11,7 @@ def test_every_dataset_flag_value_is_a_registered_task():
     from train import flags as train_flags  # noqa: F401  (defines --dataset)
 
     assert flags.FLAGS["dataset"].parser.enum_values == tasks.names()
-    assert tasks.names() == ["set_mnist", "clevr_state", "clevr_boxes", "clevr_state_autoencoder"]
+    assert tasks.names() == ["set_mnist", "clevr_state", "clevr_boxes", "clevr_state_autoencoder", "random_sets"]
 
 
 def test_an_unknown_task_is_a_clear_error():
@@ -31,6 +31,7 @@ def test_a_name_is_registered_once():
         ("clevr_state", "image", "state", "hungarian", "AP"),
         ("clevr_boxes", "image", "boxes", "hungarian", "AP"),
         ("clevr_state_autoencoder", "autoencoder", "state", "hungarian", "AP"),
+        ("random_sets", "autoencoder", "set", "hungarian", "Hungarian"),
     ],
 )
 def test_the_records(name, kind, set_key, loss, metric):

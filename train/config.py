@@ -68,6 +68,9 @@ class ModelConfig:
     n_pieces: int
     baseline_mask_offset: float
     mixed_precision: str
+    separate_objective_encoder: bool
+    objective_dim: int | None
+    learned_start_stddev: float | None
     inner: InnerLoopConfig
     inner_lr_auto: bool = False
 
@@ -345,7 +348,13 @@ def loss_settings(config):
         # The paper's representation loss pulls an image embedding towards g(target); an auto-encoder's
         # embedding is g(target) already.
         repr_lambda = 0.1 if (model.iterative and run_task.kind == "image") else 0.0
-    return LossSettings(set_key=run_task.set_key, loss=loss, all_steps=all_steps, repr_lambda=repr_lambda)
+    return LossSettings(
+        set_key=run_task.set_key,
+        loss=loss,
+        all_steps=all_steps,
+        repr_lambda=repr_lambda,
+        score_mask=not run_task.full_sets,
+    )
 
 
 INNER_LR_FILE = "inner_lr.json"
@@ -430,6 +439,10 @@ def build_model(config):
             mask_offset=model.baseline_mask_offset,
             input_shape=run_task.input_shape(config.data.image_size),
             inner=model.inner,
+            separate_objective_encoder=model.separate_objective_encoder,
+            objective_dim=model.objective_dim,
+            projection="full_mask" if run_task.full_sets else None,
+            start_stddev=model.learned_start_stddev,
         )
     finally:
         keras.config.set_dtype_policy(previous)

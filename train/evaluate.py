@@ -4,7 +4,8 @@ r"""Evaluates a trained checkpoint at several numbers of inner steps.
         [--eval_iters=10,20,30] [--output=results.json]
 
 Box AP (IoU 0.5 … 0.95), state AP (inf, 1, 0.5, 0.25, 0.125; DSPN reference
-definition, docs/algorithm.md) or Chamfer (set-MNIST), written as JSON and printed.
+definition, docs/algorithm.md), Chamfer (set-MNIST) or the features-only Hungarian loss (random_sets),
+written as JSON and printed.
 """
 
 from train import startup  # noqa: F401  First: keeps TensorFlow's C++ start-up logging out (train/startup.py).
@@ -36,6 +37,7 @@ def main(argv):
         config_lib.eval_batches(config),
         set_key=config_lib.task(config).set_key,
         iters_list=config_lib.eval_iters(config, model.iterative),
+        metric=config_lib.task(config).eval_metric,
     )
     output = options.output or os.path.join(config.run.model_dir, f"eval_results_{step}.json")
     dataset, decoder = config.data.dataset, config.model.decoder

@@ -35,8 +35,12 @@ flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (for --data_sour
 flags.DEFINE_string(
     "cache_dir", None, "Cache for generated scenes and decoded images (default $DSPN_TF_CACHE or ~/.cache/dspn_tf)."
 )
-flags.DEFINE_integer("generated_train", 3000, "Scenes generated for training (--data_source=generated).")
-flags.DEFINE_integer("generated_val", 500, "Scenes generated for evaluation (--data_source=generated).")
+flags.DEFINE_integer(
+    "generated_train", 3000, "Scenes (random_sets: sets) generated for training (--data_source=generated)."
+)
+flags.DEFINE_integer(
+    "generated_val", 500, "Scenes (random_sets: sets) generated for evaluation (--data_source=generated)."
+)
 flags.DEFINE_integer("image_size", 128, "Side of the square CLEVR input images.")
 flags.DEFINE_integer("max_train_examples", None, "Use only this many training examples (quick runs).")
 flags.DEFINE_integer("max_eval_examples", None, "Evaluate on at most this many examples.")
@@ -58,6 +62,24 @@ flags.DEFINE_float(
     "baseline_mask_offset",
     0.0,
     "Added to the MLP / LSTM baselines' raw mask output (the paper's set-MNIST runs: 1; the reference code: 0).",
+)
+# iDSPN's random-set auto-encoder (--dataset=random_sets): its decoder's own objective encoder and start.
+flags.DEFINE_bool(
+    "separate_objective_encoder",
+    False,
+    "Auto-encoder with the DSPN decoder: the inner objective gets its own set encoder (width --objective_dim, "
+    "latent --latent) instead of sharing the input encoder (the DSPN paper shares it; iDSPN's random sets do not).",
+)
+flags.DEFINE_integer(
+    "objective_dim",
+    None,
+    "Hidden width of the separate objective encoder (default: --dim; needs --separate_objective_encoder).",
+)
+flags.DEFINE_float(
+    "learned_start_stddev",
+    None,
+    "Initialise the learned starting set N(0, s^2) with this s (iDSPN's random sets: 0.1) instead of U[0, 1) "
+    "(the DSPN paper); needs --starting_set=learned.",
 )
 flags.DEFINE_integer("iters", 10, "DSPN inner steps in training.")
 # --inner_lr=AUTO asks train.train for dspn_tf.suggest_inner_lr's step (train/config.py, resolve_inner_lr).
@@ -300,3 +322,29 @@ flags.register_validator(
     lambda values: bool(values) and all(re.fullmatch(r"[0-9]+", v.strip()) and int(v) >= 1 for v in values),
     message="must be a comma-separated list of integers >= 1, e.g. 10,20,30",
 )
+
+
+# The random-set flags: bounds, and the combinations they need.
+flags.register_validator("objective_dim", lambda v: v is None or v >= 1, message="must be an integer >= 1")
+flags.register_validator(
+    "learned_start_stddev",
+    lambda v: v is None or (math.isfinite(v) and v > 0),
+    message="must be a finite number > 0 (or unset)",
+)
+
+
+@flags.multi_flags_validator(
+    ["separate_objective_encoder", "objective_dim", "decoder", "dataset"],
+    message="--separate_objective_encoder (and --objective_dim) need an auto-encoder task and --decoder=dspn",
+)
+def _check_objective_encoder(values):
+    if not values["separate_objective_encoder"]:
+        return values["objective_dim"] is None
+    return values["decoder"] == "dspn" and tasks.get(values["dataset"]).kind == "autoencoder"
+
+
+@flags.multi_flags_validator(
+    ["learned_start_stddev", "starting_set"], message="--learned_start_stddev needs --starting_set=learned"
+)
+def _check_start_stddev(values):
+    return values["learned_start_stddev"] is None or values["starting_set"] == "learned"

@@ -160,6 +160,9 @@ class SaveCheckpoint(PeriodicAction):
 class Evaluate(Action):
     """Evaluates the model at several inner step counts and writes `eval/<metric>/iters_<n>`.
 
+    Also prints the first metric at each step count, and the `evaluated` line of
+    `run_events.jsonl` holds the results.
+
     Periodic evaluations skip the last step: the entry point evaluates the final
     model itself (`evaluate(loop)`). Runs again on resume (see `Action`).
 
@@ -169,16 +172,18 @@ class Evaluate(Action):
         set_key: Key of the target set in a batch.
         iters_list: Inner step counts to evaluate at.
         every: After every this many steps (0: never).
+        metric: `dspn_tf.evaluation.evaluate`'s `metric` (None: the one of `set_key`).
     """
 
     redo_on_resume = True
 
-    def __init__(self, model, dataset, *, set_key, iters_list, every=0):
+    def __init__(self, model, dataset, *, set_key, iters_list, every=0, metric=None):
         self.model = model
         self.dataset = dataset
         self.set_key = set_key
         self.iters_list = iters_list
         self.every = every
+        self.metric = metric
 
     def due(self, step, total):
         return bool(self.every) and step % self.every == 0 and step != total
@@ -191,13 +196,21 @@ class Evaluate(Action):
         step = int(loop.step)
         print(f"Evaluating step {step} at {', '.join(map(str, self.iters_list))} inner steps ...", flush=True)
         events.emit(loop.model_dir, events.EVALUATING, chief=loop.chief, step=step)
-        results = evaluation.evaluate(self.model, self.dataset, set_key=self.set_key, iters_list=self.iters_list)
+        results = evaluation.evaluate(
+            self.model, self.dataset, set_key=self.set_key, iters_list=self.iters_list, metric=self.metric
+        )
         with loop.eval_writer.as_default(step=step):
             for iters, row in results.items():
                 for name, value in row.items():
                     if name != "num_examples":
                         tf.summary.scalar(f"eval/{name}/iters_{iters}", value)
-        events.emit(loop.model_dir, events.EVALUATED, chief=loop.chief, step=step)
+        first = {iters: next(name for name in row if name != "num_examples") for iters, row in results.items()}
+        print(
+            f"Evaluated step {step}: "
+            + ", ".join(f"{name} {results[iters][name]:.6g} at {iters} inner steps" for iters, name in first.items()),
+            flush=True,
+        )
+        events.emit(loop.model_dir, events.EVALUATED, chief=loop.chief, step=step, results=results)
         return results
 
 

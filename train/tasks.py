@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 
 from dspn_tf import visualize
-from dspn_tf.data import clevr, clevr_states, image_cache, render, set_mnist
+from dspn_tf.data import clevr, clevr_states, image_cache, random_sets, render, set_mnist
 
 SPLITS = ("train", "eval")
 
@@ -63,6 +63,11 @@ class Task:
         pictures: How predictions are drawn (`Pictures`).
         caches_folders: Whether data read from a folder is cached under
             `--cache_dir` too (the run's description names the cache then).
+        full_sets: Whether every set has all N elements (no padding): the
+            DSPN then holds its mask at 1 (`dspn_tf.inner.FullMask`) and the
+            set losses compare the features only (`LossSettings.score_mask`).
+        eval_metric: `dspn_tf.evaluation.evaluate`'s `metric`: None (the
+            metric of `set_key`) or "hungarian" (features-only Hungarian loss).
     """
 
     name: str
@@ -76,6 +81,8 @@ class Task:
     metric: str
     pictures: Pictures
     caches_folders: bool = False
+    full_sets: bool = False
+    eval_metric: str | None = None
 
     def __post_init__(self):
         if self.kind not in ("autoencoder", "image"):
@@ -186,6 +193,30 @@ def _clevr_images_split(with_boxes):
     return build
 
 
+def _random_sets_split(data, split, seed):
+    _check_split(split)
+    if data.data_source != "generated":
+        raise ValueError(
+            f"--dataset=random_sets draws its sets (--data_source=generated); received --data_source={data.data_source}."
+        )
+    count = data.generated_train if split == "train" else data.generated_val
+    return random_sets.build_dataset(
+        split, num_sets=count, set_size=RANDOM_SET_SIZE, channels=RANDOM_SET_CHANNELS, seed=seed
+    )
+
+
+# iDSPN's random sets at the size of its poster's bar chart: n = d = 8.
+RANDOM_SET_SIZE = 8
+RANDOM_SET_CHANNELS = 8
+
+
+def _gaussian_points_row(image, sets, masks, target, target_mask, **baseline):
+    """The first two features of N(0, 1) elements, [-3, 3] drawn as [0, 1]."""
+    del image
+    scaled = {"baseline": ((baseline["baseline"][0] + 3.0) / 6.0, baseline["baseline"][1])} if baseline else {}
+    return visualize.set_progression((sets + 3.0) / 6.0, masks, (target + 3.0) / 6.0, target_mask, **scaled)
+
+
 def _points_row(image, *steps, **baseline):
     del image  # Sets of points have no image.
     return visualize.set_progression(*steps, **baseline)
@@ -261,5 +292,21 @@ register(
         metric="AP",
         pictures=Pictures(tag="states", row=_states_from_above_row, **_STATE_TABLES),
         caches_folders=True,
+    )
+)
+register(
+    Task(
+        name="random_sets",
+        description="iDSPN's random sets auto-encoded (8 elements of 8 N(0, 1) features; no padding)",
+        kind="autoencoder",
+        set_key="set",
+        set_size=RANDOM_SET_SIZE,
+        set_channels=RANDOM_SET_CHANNELS,
+        build_split=_random_sets_split,
+        default_loss="hungarian",
+        metric="Hungarian",
+        pictures=Pictures(tag="sets", row=_gaussian_points_row),
+        full_sets=True,
+        eval_metric="hungarian",
     )
 )

@@ -122,6 +122,7 @@ def make_loop(config, trainer, train_ds, eval_ds, total, schedule):
         set_key=trainer.settings.set_key,
         iters_list=config_lib.eval_iters(config, model.iterative),
         every=cadence.eval_every,
+        metric=config_lib.task(config).eval_metric,
     )
     actions = [
         loop_lib.WriteScalars(cadence.log_every),

@@ -51,14 +51,29 @@ def _broadcast_mask(decoder, batch):
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
 class LearnedStart(StartingSet):
-    """One learned set (initialised U[0, 1)) and mask (0.5), shared by the batch: the DSPN paper."""
+    """One learned set and mask (0.5), shared by the batch: the DSPN paper.
+
+    Args:
+        stddev: None: the set is initialised U[0, 1) (the DSPN paper); a
+            positive number: N(0, stddev^2) (iDSPN's random-set auto-encoder: 0.1).
+    """
+
+    def __init__(self, stddev=None):
+        if stddev is not None:
+            checks.positive_float("LearnedStart", stddev=stddev)
+            stddev = float(stddev)
+        self.stddev = stddev
 
     def build(self, decoder, latent, trainable):
         del latent
+        if self.stddev is None:
+            initializer = keras.initializers.RandomUniform(0.0, 1.0)
+        else:
+            initializer = keras.initializers.RandomNormal(0.0, self.stddev)
         decoder.starting_set = decoder.add_weight(
             name="starting_set",
             shape=(1, decoder.set_size, decoder.set_channels),
-            initializer=keras.initializers.RandomUniform(0.0, 1.0),
+            initializer=initializer,
             trainable=trainable,
         )
         _learned_mask(decoder, trainable)
@@ -68,6 +83,9 @@ class LearnedStart(StartingSet):
         shape = [batch, decoder.set_size, decoder.set_channels]
         start_set = tf.broadcast_to(tf.convert_to_tensor(decoder.starting_set), shape)  # Shape: [batch, N, C].
         return start_set, _broadcast_mask(decoder, batch)
+
+    def get_config(self):
+        return {"stddev": self.stddev}
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
