@@ -60,7 +60,7 @@ def run(scale, variant, args):
     # adapt and the suggestion read the training sets in file order, so that every variant
     # trains on the same shuffled batches.
     if normalised:
-        model.adapt(sets.batch(args.batch_size).take(args.adapt_batches))
+        model.adapt(sets.batch(args.batch_size).take(args.adapt_batches), set_key="state")
     lr = 25.0
     if variant in ("suggested", "both"):
         first = {"state": train_set[: args.batch_size], "mask": train_mask[: args.batch_size]}
