@@ -59,6 +59,14 @@ flags.DEFINE_float(
     0.0,
     "Added to the MLP / LSTM baselines' raw mask output (the paper's set-MNIST runs: 1; the reference code: 0).",
 )
+flags.DEFINE_bool(
+    "normalize_sets",
+    False,
+    "Standardise each target-set feature by its mean and std over the valid elements of the first 4,096 training "
+    "examples (learned at the start of a fresh run, kept in checkpoints, .keras files and exports): the model "
+    "trains in these units and returns sets in the data's. Off (the papers' setting), a run warns when a "
+    "feature's std is outside [0.05, 2] (train/set_scaling.py).",
+)
 flags.DEFINE_integer("iters", 10, "DSPN inner steps in training.")
 flags.DEFINE_float("inner_lr", 25.0, "DSPN per-sample inner step size (reference: 800 at batch 32 = 25).")
 flags.DEFINE_integer("n_pieces", 20, "FSPool pieces.")

@@ -17,7 +17,7 @@ from absl import app, logging
 
 from dspn_tf import evaluation
 from dspn_tf.training import Trainer, is_chief
-from train import checkpoints, events, hparams
+from train import checkpoints, events, hparams, set_scaling
 from train import config as config_lib
 from train import loop as loop_lib
 from train.loop import NonFiniteLossError, WorkerLostError
@@ -52,10 +52,13 @@ def main(argv):
         jit_compile=config.run.jit_compile,
     )
     loop, evaluate = make_loop(config, trainer, train_ds, config_lib.eval_batches(config), total, schedule)
-    loop.restore()
+    resumed = loop.restore() is not None
     loop.drop_stale_events()
     loop.open_writers()
     print(describe_run(config, model, train_size, total), flush=True)
+    scale = set_scaling.prepare(config, model, resumed=resumed)
+    if scale:
+        print(scale, flush=True)
     events.emit(config.run.model_dir, events.TRAINING, chief=loop.chief, step=int(loop.step), total_steps=total)
     if loop.chief:  # The settings on TensorBoard's HParams dashboard (train/hparams.py).
         hparams.log_settings(
