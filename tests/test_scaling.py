@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dspn_tf import DSPN, FSEncoder, MLPDecoder, SetAutoEncoder, VectorToSet, build_model, losses
+from dspn_tf import DSPN, FSEncoder, MLPDecoder, SetAutoEncoder, VectorToSet, build_model, evaluation, losses
 from dspn_tf.export import export_model
 from dspn_tf.models import SetModel
 from dspn_tf.scaling import SetScaling, feature_statistics
@@ -182,6 +182,11 @@ def test_autoencoder_normalises_its_input_and_exports(rng, tmp_path):
     served = loaded.signatures["serving_default"](set=tf.constant(sets), mask=tf.constant(mask), iters=tf.constant(2))
     np.testing.assert_allclose(served["set"], model({"set": sets, "mask": mask})["sets"][-1], rtol=1e-4, atol=1e-2)
     assert np.abs(served["set"].numpy()).mean() > 100  # In the data's units (about 300), not normalised ones.
+    # dspn_tf.evaluation (train/'s AP and Chamfer) compares in the data's units too.
+    batches = tf.data.Dataset.from_tensor_slices({"set": sets, "mask": mask}).batch(8)
+    found = evaluation.collect_predictions(model, batches, set_key="set", iters_list=[2])
+    np.testing.assert_allclose(found["pred"][2], model({"set": sets, "mask": mask})["sets"][-1], rtol=1e-4, atol=1e-2)
+    np.testing.assert_array_equal(found["target"], sets)
 
 
 def test_a_baseline_decoder_normalises_too(rng):
