@@ -28,16 +28,20 @@ def check_settings(model, settings):
 def per_sample_losses(model, batch, settings, *, training, iters=None):
     """Runs the model on a batch and scores it per sample.
 
+    A model with set normalisation (`set_scaling`, `dspn_tf.models`) is scored
+    in its normalised units: its normalised outputs against the normalised
+    target set (and the representation loss encodes the normalised target).
+
     Args:
-        model: A `SetAutoEncoder` or `ImageToSet`.
+        model: A `SetAutoEncoder`, `VectorToSet` or `ImageToSet`.
         batch: A dict with the model's inputs, `settings.set_key` and `mask`.
         settings: `LossSettings`.
         training: Run the model in training mode.
         iters: Inner steps of a DSPN decoder (default `settings.iters`, else the decoder's).
 
     Returns:
-        `(outputs, losses)`: the model's output dict and a dict of `[batch]`
-        tensors `loss`, `set_loss` and `repr_loss`.
+        `(outputs, losses)`: the model's output dict (sets in the model's
+        units) and a dict of `[batch]` tensors `loss`, `set_loss` and `repr_loss`.
 
     Raises:
         KeyError: naming `settings.set_key` and the batch's keys if the target set is missing.
@@ -47,13 +51,20 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
             f"LossSettings: the batch has no target set {settings.set_key!r} (set_key); its keys are {sorted(batch)}."
         )
     iters = settings.iters if iters is None else iters
-    outputs = model(model.inputs_of(batch, settings.set_key), iters=iters, training=training)
+    inputs = model.inputs_of(batch, settings.set_key)
+    scaling = getattr(model, "set_scaling", None)
+    if scaling is None:
+        outputs = model(inputs, iters=iters, training=training)
+    else:  # Predictions and targets are compared in the model's normalised units.
+        outputs = model(inputs, iters=iters, training=training, normalized=True)
     loss_fn = losses_lib.chamfer_loss if settings.loss == "chamfer" else losses_lib.hungarian_loss
     # Losses in float32 also when a mixed-precision decoder outputs float16/bfloat16,
     # and in float64 for a float64 model (whose gradients a float32 loss would round).
     dtype = tf.float64 if outputs["sets"].dtype == tf.float64 else tf.float32
     sets, masks = tf.cast(outputs["sets"], dtype), tf.cast(outputs["masks"], dtype)
     target_set, target_mask = tf.cast(batch[settings.set_key], dtype), tf.cast(batch["mask"], dtype)
+    if scaling is not None:
+        target_set = scaling.normalize(target_set, target_mask)
     kwargs = {"solver": settings.solver} if settings.loss == "hungarian" else {}
     if not settings.score_mask:
         kwargs["score_mask"] = False

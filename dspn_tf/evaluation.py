@@ -3,7 +3,10 @@
 The model runs once per batch with the largest requested step count; the
 intermediate steps it returns give every smaller count for free (step t of a
 30-step run is exactly the result of a t-step run). AP is computed in NumPy
-outside any `tf.function`.
+outside any `tf.function`. Predictions and targets are compared in the data's
+units, also for a model with set normalisation (calling a model returns its
+sets in the data's units, `dspn_tf.models`), so AP thresholds mean the same
+with and without it.
 """
 
 import weakref

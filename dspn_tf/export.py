@@ -12,6 +12,11 @@ Serving's layout (`saved_model.pb`, `variables/`) with named signatures:
   returning every step batch-major: `sets` `[batch, iters + 1, N, C]`,
   `masks` `[batch, iters + 1, N]`, `inner_losses` `[batch, iters]`.
 
+Sets go in and come out in the data's units: a model with set normalisation
+(`normalize_sets=True`, `dspn_tf.models`) normalises its set inputs inside
+(`serving_default` of a `SetAutoEncoder`, `encode`) and denormalises every
+returned set; its statistics are variables of the SavedModel.
+
 With a `DSPN` decoder every decoding signature has an int32 scalar input
 `iters` whose SignatureDef default is the trained value; the inner loop is a
 graph `while_loop`, so any count in `[0, max_iters]` works without re-export
@@ -123,13 +128,13 @@ class ServingModule(tf.Module):
         if all_steps:
             self.serve_all_steps = self._decoding_function(self._encode_input, self.input_specs, final_step=False)
             self.decode_all_steps = self._decoding_function(_identity_z, [z_spec], final_step=False)
-        set_encoder = model.set_encoder
+        set_encoder, to_model_units = model.set_encoder, model.to_model_units
         if set_encoder is not None:
 
             @tf.function(input_signature=[set_spec, mask_spec])
             def encode(set, mask):  # noqa: A002 -- the argument name is the signature's input name.
                 set, mask = _check_input(set, set_spec), _check_input(mask, mask_spec)
-                z = set_encoder(set, mask, training=False)  # Shape: [batch, latent].
+                z = set_encoder(to_model_units(set, mask), mask, training=False)  # Shape: [batch, latent].
                 return _all_or_nothing({"z": z}, _bad_rows([set, mask]))
 
             self.encode = encode
@@ -154,7 +159,7 @@ class ServingModule(tf.Module):
 
     def _decoding_function(self, to_z, specs, final_step):
         """A tf.function `(*specs[, iters]) → outputs`; `iters` defaults to the trained value."""
-        decoder = self.model.decoder
+        decoder, to_original_units = self.model.decoder, self.model.to_original_units
         names = [spec.name for spec in specs]
 
         def run(inputs, iters):
@@ -162,7 +167,8 @@ class ServingModule(tf.Module):
             bad = _bad_rows(inputs)  # Shape: [batch].
             # A one-shot baseline has no `iters` (its only step); iters = 0 returns the starting set.
             out = decoder(to_z(*inputs), iters=iters, training=False)
-            sets, masks = out["sets"], out["masks"]  # Shape: [T + 1, batch, N, C], [T + 1, batch, N].
+            # Shape: [T + 1, batch, N, C], [T + 1, batch, N]; sets in the data's units (undoes a normalisation).
+            sets, masks = to_original_units(out["sets"]), out["masks"]
             if final_step:
                 return _all_or_nothing({"set": sets[-1], "mask": masks[-1]}, bad)  # [batch, N, C], [batch, N].
             losses = out["inner_losses"]  # Shape: [T, batch].

@@ -8,6 +8,19 @@ Both return the decoder dict plus the embedding `z`.
 Both also train with Keras' own loop: `compile(optimizer=...)`, then `fit`,
 `evaluate` and `predict` on datasets of batch dicts, scored by the same
 `dspn_tf.training` loss code as the custom loop (`SetModel`).
+
+Set-feature normalisation (`normalize_sets=True`, off by default): the model
+holds a `dspn_tf.scaling.SetScaling` (`set_scaling`) whose per-feature mean and
+std `model.adapt(data)` learns from the training sets. The model then works in
+normalised units: the decoder predicts normalised sets, a `SetAutoEncoder`
+normalises its input set before encoding, and the losses compare normalised
+predictions with normalised targets (`dspn_tf.batch_losses.per_sample_losses`,
+used by `fit`, `evaluate` and the custom loop's `Trainer`). Everything the
+model hands out is in the data's units: calling it (`model(x)`), `predict`,
+every exported signature (`dspn_tf.export`) and so `dspn_tf.evaluation`. Only
+the losses ask for normalised outputs, with `model(x, normalized=True)`;
+`to_original_units` / `to_model_units` convert between the two. A model built
+without it has no such layer, variable or config entry.
 """
 
 import keras
@@ -16,6 +29,7 @@ import tensorflow as tf
 from dspn_tf import checks
 from dspn_tf import training as training_lib
 from dspn_tf.dspn import DSPN
+from dspn_tf.scaling import SetScaling
 
 
 def _deserialize(obj):
@@ -43,13 +57,21 @@ class SetModel(keras.Model):
     under `loss_settings.set_key`, `mask`). Logs `loss`, `set_loss` and
     `repr_loss`, per-sample means over the epoch.
 
+    With set normalisation (`normalize_sets=True` in the subclasses; module
+    docstring) `adapt` learns the statistics, calling the model returns sets
+    in the data's units, and `model(x, normalized=True)` in the model's own
+    normalised units (what the losses score).
+
     Args:
         loss_settings: `dspn_tf.training.LossSettings` (or its `get_config`
             dict) used by `fit` and `evaluate`; `compile(loss_settings=...)`
             replaces it. Kept in `get_config` and `.keras` files.
+        **kwargs: Further `keras.Model` arguments (`name`).
     """
 
     default_loss_settings = training_lib.LossSettings()
+    # The `SetScaling` of a model built with normalize_sets=True (an attribute of those only).
+    set_scaling = None
 
     def __init__(self, *, loss_settings=None, **kwargs):
         super().__init__(**kwargs)
@@ -58,6 +80,83 @@ class SetModel(keras.Model):
             if loss_settings is None
             else training_lib.LossSettings.from_config(loss_settings)
         )
+
+    def _add_set_scaling(self, normalize_sets):
+        """Creates `set_scaling` (for `decoder.set_channels` features) if `normalize_sets`; call after `decoder`."""
+        if not isinstance(normalize_sets, bool):
+            raise ValueError(
+                f"{type(self).__name__}: `normalize_sets` must be True or False; received {normalize_sets!r}."
+            )
+        if normalize_sets:
+            self.set_scaling = SetScaling(self.decoder.set_channels, name="set_scaling")
+
+    @property
+    def normalizes_sets(self):
+        """True if the model was built with `normalize_sets=True` (it works in normalised units)."""
+        return self.set_scaling is not None
+
+    def adapt(self, data, *, steps=None, set_key=None):
+        """Learns the normalisation's per-feature mean and std from the target sets of `data`.
+
+        Reads the target set under `set_key` and `mask` of each batch; only
+        valid elements (mask not 0) count (`dspn_tf.scaling.feature_statistics`).
+
+        Args:
+            data: Batches as `fit` takes them (a `tf.data.Dataset` or any
+                iterable of batch dicts, or for `VectorToSet` of
+                `(inputs, {"set": ..., "mask": ...})` pairs), or one such batch.
+            steps: Read at most this many batches (default: all; a repeated
+                dataset needs it).
+            set_key: Key of the target set in the batches (default
+                `loss_settings.set_key`; pairs hold it under "set").
+
+        Returns:
+            The data's `dspn_tf.scaling.FeatureStatistics`.
+
+        Raises:
+            ValueError: if the model was built without set normalisation, or
+                the sets have no valid element.
+            KeyError: naming the target set's key if a batch lacks it.
+        """
+        name = type(self).__name__
+        if self.set_scaling is None:
+            raise ValueError(
+                f"{name}.adapt: this model was built without set normalisation, so it has no statistics to "
+                f"learn; build it with normalize_sets=True ({name}(..., normalize_sets=True), "
+                "dspn_tf.build_model(..., normalize_sets=True), or --normalize_sets in train.train)."
+            )
+        key = self.loss_settings.set_key if set_key is None else set_key
+        one_batch = isinstance(data, dict) or (isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], dict))
+
+        def pairs():
+            for raw in [data] if one_batch else data:
+                batch = self._batch(raw, "adapt")
+                if key not in batch or "mask" not in batch:
+                    raise KeyError(
+                        f"{name}.adapt: a batch lacks the target set {key!r} (set_key) or 'mask'; "
+                        f"its keys are {sorted(batch)}."
+                    )
+                yield batch[key], batch["mask"]
+
+        return self.set_scaling.adapt(pairs(), steps=steps)
+
+    def to_original_units(self, sets):
+        """Sets `[..., C]` in the model's normalised units → the data's units (unchanged without normalisation)."""
+        return sets if self.set_scaling is None else self.set_scaling.denormalize(sets)
+
+    def to_model_units(self, sets, mask):
+        """Sets `[..., N, C]` (and masks `[..., N]`) in the data's units → the model's units, padding 0.
+
+        Unchanged without normalisation.
+        """
+        return sets if self.set_scaling is None else self.set_scaling.normalize(sets, mask)
+
+    def _outputs(self, decoded, z, normalized):
+        """The decoder's output dict plus `z`, its sets in the data's units unless `normalized`."""
+        outputs = {**decoded, "z": z}
+        if self.set_scaling is not None and not normalized:
+            outputs["sets"] = self.set_scaling.denormalize(outputs["sets"])
+        return outputs
 
     def compile(self, optimizer="rmsprop", *, loss_settings=None, **kwargs):
         """Keras' `compile`, with the set losses of `loss_settings` in place of `loss` and `metrics`.
@@ -154,7 +253,10 @@ class SetModel(keras.Model):
         return {"set": outputs["sets"][-1], "mask": outputs["masks"][-1], "z": outputs["z"]}
 
     def get_config(self):
-        return {**super().get_config(), "loss_settings": self.loss_settings.get_config()}
+        config = {**super().get_config(), "loss_settings": self.loss_settings.get_config()}
+        if self.set_scaling is not None:  # Absent otherwise: files of models without it stay as they were.
+            config["normalize_sets"] = True
+        return config
 
 
 @keras.saving.register_keras_serializable(package="dspn_tf")
@@ -167,14 +269,20 @@ class SetAutoEncoder(SetModel):
             decoder's encoder (the paper's weight sharing).
         loss_settings: `LossSettings` for `fit` / `evaluate` (default: Chamfer
             over all steps on `set`); see `SetModel`.
+        normalize_sets: Work in normalised set units (`SetModel`, `adapt`):
+            the input set is normalised before encoding and the output sets
+            are returned in the data's units.
+        **kwargs: Further `keras.Model` arguments (`name`).
 
     Call arguments:
         inputs: A dict with `set` `[batch, N, C]` (or, without `set`, the
             target set under `loss_settings.set_key`, e.g. `state`) and `mask` `[batch, N]`.
         iters: Optional inner steps for a DSPN decoder.
+        normalized: Return `sets` in the model's normalised units (what the
+            losses score) rather than the data's; the same without normalisation.
     """
 
-    def __init__(self, decoder, encoder=None, *, loss_settings=None, **kwargs):
+    def __init__(self, decoder, encoder=None, *, loss_settings=None, normalize_sets=False, **kwargs):
         super().__init__(loss_settings=loss_settings, **kwargs)
         decoder = _deserialize(decoder)
         encoder = _deserialize(encoder)
@@ -184,6 +292,7 @@ class SetAutoEncoder(SetModel):
             encoder = decoder.encoder
         self.decoder = decoder
         self.encoder = encoder
+        self._add_set_scaling(normalize_sets)
 
     @property
     def shares_encoder(self):
@@ -217,8 +326,8 @@ class SetAutoEncoder(SetModel):
         return {"set": batch[set_key], "mask": batch["mask"]}
 
     def embed(self, *inputs, training=False):
-        """z of the model's input tensors (`set`, `mask`), as `input_signature` orders them."""
-        return self.encoder(inputs[0], inputs[1], training=training)
+        """z of the model's input tensors (`set` in the data's units, `mask`), as `input_signature` orders them."""
+        return self.encoder(self.to_model_units(inputs[0], inputs[1]), inputs[1], training=training)
 
     def input_signature(self, image_size=None):
         """`[TensorSpec]` of the model's input tensors (`set`, `mask`); `image_size` is ignored."""
@@ -232,10 +341,10 @@ class SetAutoEncoder(SetModel):
         self({"set": tf.zeros([1, n, c]), "mask": tf.zeros([1, n])}, iters=0)
         return self
 
-    def call(self, inputs, iters=None, training=False):
+    def call(self, inputs, iters=None, training=False, normalized=False):
         x = inputs["set"] if "set" in inputs else inputs[self.loss_settings.set_key]
-        z = self.encoder(x, inputs["mask"], training=training)
-        return {**self.decoder(z, iters=iters, training=training), "z": z}
+        z = self.embed(x, inputs["mask"], training=training)
+        return self._outputs(self.decoder(z, iters=iters, training=training), z, normalized)
 
     def get_config(self):
         config = {**super().get_config(), "decoder": keras.saving.serialize_keras_object(self.decoder)}
@@ -264,10 +373,15 @@ class VectorToSet(SetModel):
         loss_settings: `LossSettings` for `fit` / `evaluate` (default:
             Hungarian on the final step of `set`, no representation loss);
             see `SetModel`.
+        normalize_sets: Predict sets in normalised units (`SetModel`,
+            `adapt`), returned in the data's units.
+        **kwargs: Further `keras.Model` arguments (`name`).
 
     Call arguments:
         inputs: The input tensor, or a batch dict with it under `input_key`.
         iters: Optional inner steps for a DSPN decoder.
+        normalized: Return `sets` in the model's normalised units (what the
+            losses score) rather than the data's; the same without normalisation.
 
     Example:
 
@@ -283,7 +397,9 @@ class VectorToSet(SetModel):
     # The attribute holding the input encoder (its name is the variables' path in checkpoints).
     _encoder_attribute = "input_encoder"
 
-    def __init__(self, input_encoder, decoder, *, input_key="inputs", loss_settings=None, **kwargs):
+    def __init__(
+        self, input_encoder, decoder, *, input_key="inputs", loss_settings=None, normalize_sets=False, **kwargs
+    ):
         super().__init__(loss_settings=loss_settings, **kwargs)
         if not isinstance(input_key, str) or not input_key.isidentifier():
             raise ValueError(
@@ -293,6 +409,7 @@ class VectorToSet(SetModel):
         setattr(self, self._encoder_attribute, _deserialize(input_encoder))
         self.decoder = _deserialize(decoder)
         self.input_key = input_key
+        self._add_set_scaling(normalize_sets)
 
     @property
     def inputs_encoder(self):
@@ -357,11 +474,11 @@ class VectorToSet(SetModel):
         self(tf.zeros([1, *input_shape]), iters=0)
         return self
 
-    def call(self, inputs, iters=None, training=False):
+    def call(self, inputs, iters=None, training=False, normalized=False):
         if isinstance(inputs, dict):
             inputs = inputs[self.input_key]
         z = self.inputs_encoder(inputs, training=training)
-        return {**self.decoder(z, iters=iters, training=training), "z": z}
+        return self._outputs(self.decoder(z, iters=iters, training=training), z, normalized)
 
     def get_config(self):
         return {
@@ -382,10 +499,14 @@ class ImageToSet(VectorToSet):
         loss_settings: `LossSettings` for `fit` / `evaluate` (default: the
             paper's CLEVR states: Hungarian on the final step of `state`, 0.1 x
             representation loss); see `SetModel`.
+        normalize_sets: Predict sets in normalised units (`SetModel`,
+            `adapt`), returned in the data's units.
+        **kwargs: Further `keras.Model` arguments (`name`).
 
     Call arguments:
         inputs: `[batch, H, W, 3]` images, or a batch dict with them under `image`.
         iters: Optional inner steps for a DSPN decoder.
+        normalized: Return `sets` in the model's normalised units rather than the data's.
     """
 
     default_loss_settings = training_lib.LossSettings(
@@ -393,8 +514,15 @@ class ImageToSet(VectorToSet):
     )
     _encoder_attribute = "image_encoder"
 
-    def __init__(self, image_encoder, decoder, *, loss_settings=None, **kwargs):
-        super().__init__(image_encoder, decoder, input_key="image", loss_settings=loss_settings, **kwargs)
+    def __init__(self, image_encoder, decoder, *, loss_settings=None, normalize_sets=False, **kwargs):
+        super().__init__(
+            image_encoder,
+            decoder,
+            input_key="image",
+            loss_settings=loss_settings,
+            normalize_sets=normalize_sets,
+            **kwargs,
+        )
 
     def _batch(self, data, step):
         return SetModel._batch(self, data, step)
@@ -454,6 +582,7 @@ def build_model(
     objective_dim=None,
     projection=None,
     start_stddev=None,
+    normalize_sets=False,
 ):
     """Builds the model of one of the paper's tasks from plain settings.
 
@@ -491,6 +620,8 @@ def build_model(
             `ClipMask`; "full_mask": the mask held at 1, for sets without padding).
         start_stddev: With the learned starting set: None initialises it
             U[0, 1) (the DSPN paper), a positive number N(0, start_stddev^2).
+        normalize_sets: Build the model with set-feature normalisation
+            (`SetModel`); fill its statistics with `model.adapt(data)` before training.
 
     Returns:
         A `SetAutoEncoder` or `ImageToSet`.
@@ -550,9 +681,9 @@ def build_model(
         dec = baselines[decoder](set_size, set_channels, decoder_dim or dim, mask_offset=mask_offset)
     if tasks[task] is SetAutoEncoder:
         shared = decoder == "dspn" and not separate_objective_encoder
-        model = SetAutoEncoder(dec, encoder=None if shared else make_set_encoder())
+        model = SetAutoEncoder(dec, encoder=None if shared else make_set_encoder(), normalize_sets=normalize_sets)
     else:
-        model = ImageToSet(images[image_encoder](latent), dec)
+        model = ImageToSet(images[image_encoder](latent), dec, normalize_sets=normalize_sets)
     return model if input_shape is None else model.build_on_zeros(tuple(input_shape))
 
 

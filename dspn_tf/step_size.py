@@ -64,6 +64,8 @@ def suggest_inner_lr(model, batch, *, set_key="set", fraction=DEFAULT_FRACTION, 
     """The smallest step on `grid` whose first inner step moves the set by `fraction` of the targets' spread.
 
     The rule (module docstring) reads the model as it is and changes nothing;
+    a model built with `normalize_sets=True` is measured in its normalised
+    units (adapt it first);
     set the result with `DSPN(lr=...)`, `build_model(inner={"lr": ...})` or
     `model.decoder.lr = ...` before the first call is traced.
 
@@ -95,8 +97,11 @@ def suggest_inner_lr(model, batch, *, set_key="set", fraction=DEFAULT_FRACTION, 
         raise ValueError(f"suggest_inner_lr: the batch needs {set_key!r} and 'mask'; received {keys}.")
     if not (isinstance(fraction, (int, float)) and fraction > 0):
         raise ValueError(f"suggest_inner_lr: `fraction` must be a positive number; received {fraction!r}.")
-    spread = target_spread(batch[set_key], batch["mask"])
-    per_unit = first_step_move(decoder, batch[set_key], batch["mask"])
+    target_set = batch[set_key]
+    if getattr(model, "normalizes_sets", False):
+        target_set = model.to_model_units(tf.convert_to_tensor(target_set), tf.convert_to_tensor(batch["mask"]))
+    spread = target_spread(target_set, batch["mask"])
+    per_unit = first_step_move(decoder, target_set, batch["mask"])
     if not per_unit > 0:
         raise ValueError("suggest_inner_lr: the first inner step does not move the set (zero gradient).")
     needed = fraction * spread / per_unit

@@ -1,7 +1,9 @@
 """docs/build_api.py: the docstring checks that make a broken docstring fail CI."""
 
+import glob
 import importlib.util
 import os
+import re
 import sys
 import textwrap
 
@@ -122,3 +124,24 @@ def test_only_annotation_warnings_about_other_packages_are_ignored():
     assert build_api.foreign_annotation(theirs)
     assert not build_api.foreign_annotation(ours)
     assert not build_api.foreign_annotation("Cannot find spec for dspn_tf.nothing")
+
+
+def test_relative_links_of_the_readme_and_docs_resolve():
+    pages = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "CHANGELOG.md")]
+    pages += sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    assert os.path.join(ROOT, "docs", "your_data.md") in pages
+    broken = []
+    for page in pages:
+        with open(page) as f:
+            text = f.read()
+        text = re.sub(r"^```.*?^```$", "", text, flags=re.MULTILINE | re.DOTALL)  # Code is not prose.
+        text = re.sub(r"`[^`\n]*`", "", text)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # A web address or an anchor on the same page.
+            path = os.path.normpath(os.path.join(os.path.dirname(page), target.split("#")[0]))
+            if not os.path.exists(path):
+                broken.append(f"{os.path.relpath(page, ROOT)}: {target}")
+    assert not broken
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert "(docs/your_data.md)" in f.read()

@@ -136,3 +136,14 @@ def test_evaluating_an_auto_run_without_its_step_names_the_file(tmp_path):
     flagfile = os.path.join(ROOT, "configs", "clevr_mini_state_autoencoder_dspn.cfg")
     with pytest.raises(ValueError, match="inner_lr.json does not exist"):
         run([f"--flagfile={flagfile}", *TINY, "--inner_lr=auto", f"--model_dir={tmp_path}"], entry=evaluate_main)
+
+
+def test_a_normalising_model_picks_the_same_step_at_any_feature_scale():
+    picks = []
+    for scale in (0.1, 1.0, 10.0):
+        model, batch = model_and_batch(scale=scale, normalize_sets=True)
+        model.adapt(batch)
+        picks.append(dspn_tf.suggest_inner_lr(model, batch))
+    assert picks[0] == picks[1] == picks[2]
+    plain = [dspn_tf.suggest_inner_lr(*model_and_batch(scale=scale)) for scale in (0.1, 10.0)]
+    assert plain[0] != plain[1]  # Without normalisation the scale moves the pick.

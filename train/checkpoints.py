@@ -98,6 +98,7 @@ def remove_interrupted_saves(checkpoint_dir):
 def _restore_into(objects, path, partial, resume, checkpoint_dir):
     """Restores a readable checkpoint; a configuration mismatch raises `CheckpointMismatchError`."""
     try:
+        _check_set_scaling(objects, path)
         status = tf.train.Checkpoint(**objects).restore(path)
         if partial:
             status = status.expect_partial()
@@ -105,7 +106,8 @@ def _restore_into(objects, path, partial, resume, checkpoint_dir):
     except (ValueError, AssertionError) as e:
         detail = _first_line(e)
         options = (
-            "another --dim, --latent, --decoder, --decoder_dim, --set_encoder, --image_encoder or --inner_gradient"
+            "another --dim, --latent, --decoder, --decoder_dim, --set_encoder, --image_encoder, --inner_gradient "
+            "or --normalize_sets"
         )
         if resume:
             run_dir = os.path.dirname(os.path.abspath(checkpoint_dir))
@@ -121,6 +123,22 @@ def _restore_into(objects, path, partial, resume, checkpoint_dir):
                 f"--flagfile) or a checkpoint of this configuration. (TensorFlow: {detail})"
             )
         raise CheckpointMismatchError(message) from e
+
+
+def _check_set_scaling(objects, path):
+    """Refuses a checkpoint with set-normalisation statistics for a model without them.
+
+    A partial restore would skip them silently, and the model would return sets
+    in its normalised units (the other way round, `assert_existing_objects_matched` fails).
+
+    Raises:
+        ValueError: if the checkpoint holds `model/set_scaling` and the model has no `set_scaling`.
+    """
+    model = objects.get("model")
+    if model is None or getattr(model, "set_scaling", None) is not None:
+        return
+    if any(name.startswith("model/set_scaling/") for name, _ in tf.train.list_variables(path)):
+        raise ValueError("the checkpoint holds set-normalisation statistics (--normalize_sets) the model lacks.")
 
 
 def _candidates(checkpoint_dir):

@@ -71,6 +71,7 @@ class ModelConfig:
     separate_objective_encoder: bool
     objective_dim: int | None
     learned_start_stddev: float | None
+    normalize_sets: bool
     inner: InnerLoopConfig
     inner_lr_auto: bool = False
 
@@ -318,6 +319,20 @@ def train_batches(config, strategy):
     return batches(ds, batch_size, shuffle_buffer=data.shuffle_buffer, seed=config.run.seed), size
 
 
+def target_set_batches(config, examples):
+    """The target sets and masks of the first `examples` training examples, in the split's order.
+
+    Batch dicts `{set_key: ..., "mask": ...}`, not shuffled: what --normalize_sets
+    adapts on and the spread check reads (`train.set_scaling`); the training
+    batches are read separately and stay as they are.
+    """
+    ds = build_split(config, "train")
+    if config.data.max_train_examples:
+        ds = ds.take(config.data.max_train_examples)
+    key = task(config).set_key
+    return ds.take(examples).map(lambda example: {key: example[key], "mask": example["mask"]}).batch(256)
+
+
 def eval_batches(config):
     """Batches of the evaluation split (at most --max_eval_examples), in order."""
     ds = build_split(config, "eval")
@@ -443,6 +458,7 @@ def build_model(config):
             objective_dim=model.objective_dim,
             projection="full_mask" if run_task.full_sets else None,
             start_stddev=model.learned_start_stddev,
+            normalize_sets=model.normalize_sets,
         )
     finally:
         keras.config.set_dtype_policy(previous)

@@ -81,6 +81,14 @@ flags.DEFINE_float(
     "Initialise the learned starting set N(0, s^2) with this s (iDSPN's random sets: 0.1) instead of U[0, 1) "
     "(the DSPN paper); needs --starting_set=learned.",
 )
+flags.DEFINE_bool(
+    "normalize_sets",
+    False,
+    "Standardise each target-set feature by its mean and std over the valid elements of the first 4,096 training "
+    "examples (learned at the start of a fresh run, kept in checkpoints, .keras files and exports): the model "
+    "trains in these units and returns sets in the data's. Off (the papers' setting), a run warns when a "
+    "feature's std is outside [0.05, 2] (train/set_scaling.py).",
+)
 flags.DEFINE_integer("iters", 10, "DSPN inner steps in training.")
 # --inner_lr=AUTO asks train.train for dspn_tf.suggest_inner_lr's step (train/config.py, resolve_inner_lr).
 AUTO = "auto"

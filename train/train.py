@@ -18,7 +18,7 @@ from absl import app, logging
 
 from dspn_tf import evaluation
 from dspn_tf.training import Trainer, is_chief
-from train import checkpoints, events, hparams
+from train import checkpoints, events, hparams, set_scaling
 from train import config as config_lib
 from train import loop as loop_lib
 from train.loop import NonFiniteLossError, WorkerLostError
@@ -29,9 +29,9 @@ __all__ = ["NonFiniteLossError", "WorkerLostError", "main", "run"]
 def main(argv):
     del argv
     config = config_lib.from_flags()
-    resumed = config_lib.saved_inner_lr(config)  # A resumed --inner_lr=auto run keeps its step.
-    inner_lr_kept = resumed is not None and config.model.inner_lr_auto
-    config = resumed or config
+    kept = config_lib.saved_inner_lr(config)  # A resumed --inner_lr=auto run keeps its step.
+    inner_lr_kept = kept is not None and config.model.inner_lr_auto
+    config = kept or config
     config_lib.set_seeds(config)
     strategy = config_lib.make_strategy(config)
     settings = config_lib.loss_settings(config)
@@ -47,10 +47,6 @@ def main(argv):
         model = config_lib.build_model(config)
         optimizer = config_lib.build_optimizer(config, model, total)
     eval_ds = config_lib.eval_batches(config)
-    if inner_lr_kept:
-        inner_lr_note = f"Inner step size: {config.model.inner.lr:g} (--inner_lr=auto, chosen when the run started)."
-    else:
-        config, inner_lr_note = choose_inner_lr(config, model, eval_ds, strategy)
     trainer = Trainer(
         model,
         optimizer,
@@ -61,10 +57,18 @@ def main(argv):
         jit_compile=config.run.jit_compile,
     )
     loop, evaluate = make_loop(config, trainer, train_ds, eval_ds, total, schedule)
-    loop.restore()
+    resumed = loop.restore() is not None
     loop.drop_stale_events()
     loop.open_writers()
     print(describe_run(config, model, train_size, total), flush=True)
+    scale = set_scaling.prepare(config, model, resumed=resumed)
+    if scale:
+        print(scale, flush=True)
+    if inner_lr_kept:
+        inner_lr_note = f"Inner step size: {config.model.inner.lr:g} (--inner_lr=auto, chosen when the run started)."
+    else:
+        # After normalisation is set up: the suggestion reads the sets in the model's units.
+        config, inner_lr_note = choose_inner_lr(config, model, eval_ds, strategy)
     if inner_lr_note:
         print(inner_lr_note, flush=True)
     events.emit(config.run.model_dir, events.TRAINING, chief=loop.chief, step=int(loop.step), total_steps=total)
