@@ -14,6 +14,9 @@ import tensorflow as tf
 from dspn_tf import losses as losses_lib
 from dspn_tf import metrics
 
+# The target key of class-specific numbering (`dspn_tf.data.numbering`), scored by its accuracies.
+NUMBERS_KEY = "numbers"
+
 
 def _step_index(iters, total, name):
     if iters < 0 or iters > total:
@@ -58,7 +61,8 @@ def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None
 
     Returns:
         `{"pred": {iters: [images, N, C]}, "scores": {iters: [images, N]},
-        "target": [images, M, C], "target_mask": [images, M]}`.
+        "target": [images, M, C], "target_mask": [images, M]}`, and for a
+        set-to-set model (`SetToSet`) its input sets `"input_set": [images, N, C_in]`.
     """
     iters_list = sorted({int(i) for i in iters_list})
     largest = iters_list[-1]
@@ -66,7 +70,7 @@ def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None
 
     preds = {i: [] for i in iters_list}
     scores = {i: [] for i in iters_list}
-    targets, target_masks = [], []
+    targets, target_masks, input_sets = [], [], []
     for b, batch in enumerate(dataset):
         if max_batches is not None and b >= max_batches:
             break
@@ -79,14 +83,19 @@ def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None
             scores[i].append(masks[t])
         targets.append(batch[set_key].numpy())
         target_masks.append(batch["mask"].numpy())
+        if hasattr(model, "input_set_of"):
+            input_sets.append(np.asarray(model.input_set_of(batch)))
     if not targets:
         raise ValueError("evaluate: the evaluation dataset is empty.")
-    return {
+    collected = {
         "pred": {i: np.concatenate(v) for i, v in preds.items()},
         "scores": {i: np.concatenate(v) for i, v in scores.items()},
         "target": np.concatenate(targets),
         "target_mask": np.concatenate(target_masks),
     }
+    if input_sets:
+        collected["input_set"] = np.concatenate(input_sets)
+    return collected
 
 
 def chamfer_per_iters(predictions):
@@ -106,11 +115,17 @@ def evaluate(model, dataset, *, set_key, iters_list, max_batches=None):
     Returns:
         A JSON-friendly dict `{str(iters): {metric: value}}`: `chamfer` for
         sets (set-MNIST); `ap_<t>` state AP for t in (inf, 1, 0.5, 0.25,
-        0.125); `ap_<t>` box AP at IoU 0.5 … 0.95; plus `num_examples`.
+        0.125); `ap_<t>` box AP at IoU 0.5 … 0.95; `set_accuracy` and
+        `element_accuracy` for class-specific numbering (`numbers`,
+        `metrics.numbering_accuracy`); plus `num_examples`.
     """
     predictions = collect_predictions(model, dataset, set_key=set_key, iters_list=iters_list, max_batches=max_batches)
     results = {}
-    if set_key == "set":
+    if set_key == NUMBERS_KEY:
+        for i, pred in predictions["pred"].items():
+            whole, per_element = metrics.numbering_accuracy(pred, predictions["target"], predictions["input_set"])
+            results[str(i)] = {"set_accuracy": float(whole.mean()), "element_accuracy": float(per_element.mean())}
+    elif set_key == "set":
         for i, value in chamfer_per_iters(predictions).items():
             results[str(i)] = {"chamfer": value}
     else:
@@ -150,6 +165,8 @@ def format_table(results, title=""):
             _, factor, decimals = scale.get(c, (None, 100.0, 2))
             cells.append(f"{row[c] * factor:>12.{decimals}f}")
         lines.append("  ".join(cells))
-    if "chamfer" not in columns:
+    if any(c.startswith("ap_") for c in columns):
         lines.append("(AP in %)")
+    elif any(c.endswith("accuracy") for c in columns):
+        lines.append("(accuracy in %: whole sets right, elements right)")
     return "\n".join(lines)
