@@ -44,6 +44,11 @@ class DataConfig:
     max_train_examples: int | None
     max_eval_examples: int | None
     shuffle_buffer: int
+    numbering_positions: int = 64
+    numbering_classes: int = 4
+    numbering_classes_per_set: int = 4
+    numbering_train_sets: int = 640
+    numbering_eval_sets: int = 6400
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,8 +252,8 @@ def load(flagfile, *overrides):
 
 
 def task(config):
-    """The `train.tasks.Task` of the run's --dataset."""
-    return tasks.get(config.data.dataset)
+    """The `train.tasks.Task` of the run's --dataset, with the sizes of its data settings (`Task.for_data`)."""
+    return tasks.get(config.data.dataset).for_data(config.data)
 
 
 def cache_dir(config):
@@ -362,6 +367,8 @@ def build_model(config):
             mask_offset=model.baseline_mask_offset,
             input_shape=run_task.input_shape(config.data.image_size),
             inner=model.inner,
+            projection=run_task.projection,
+            input_key=run_task.input_key or "inputs",
         )
     finally:
         keras.config.set_dtype_policy(previous)
