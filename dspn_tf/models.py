@@ -544,8 +544,12 @@ class SetToSet(SetModel):
 
 
 def is_set_model(obj):
-    """True for the whole models of this module (what export and evaluation accept)."""
-    return isinstance(obj, (SetAutoEncoder, VectorToSet, SetToSet))
+    """True for the models SavedModel export accepts: `SetAutoEncoder` and `VectorToSet` (not `SetToSet`).
+
+    A `SetToSet` model's decoder needs the input set as well as z, which the
+    export's `decode(z)` signature cannot give; save it as a `.keras` file.
+    """
+    return isinstance(obj, (SetAutoEncoder, VectorToSet))
 
 
 def build_model(

@@ -11,6 +11,7 @@ import tensorflow as tf
 import dspn_tf
 from dspn_tf import losses, metrics, training
 from dspn_tf.data import numbering
+from dspn_tf.export import ServingModule
 from dspn_tf.inner import SimplexProjection, projections
 
 # --- Data --------------------------------------------------------------------------------------------
@@ -239,6 +240,8 @@ def test_the_set_to_set_model_trains_a_step_and_round_trips(decoder, gradient, t
     assert type(restored.decoder) is type(model.decoder)
     again = restored(restored.inputs_of(batch), training=False)["sets"][-1].numpy()
     np.testing.assert_allclose(again, final, atol=1e-6)
+    with pytest.raises(ValueError, match="must be a SetAutoEncoder or ImageToSet"):
+        ServingModule(model)  # Its decoder needs the input set, which decode(z) cannot give.
 
 
 def test_a_dspn_set_to_set_model_needs_an_input_encoder_and_a_condition():
