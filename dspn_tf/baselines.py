@@ -1,8 +1,10 @@
-"""One-shot set decoders used as baselines in the paper (docs/algorithm.md §6).
+"""One-shot set decoders used as baselines in the paper (docs/algorithm.md §6), and DeepSets.
 
 They return the same dict as `DSPN` with a single step, so training and
 evaluation code treat every decoder alike. They have no inner loop, so they
-are trained without the representation loss.
+are trained without the representation loss. `MLPDecoder` and `LSTMDecoder`
+decode an embedding z; `DeepSets` maps an input set to an output set element
+by element (iDSPN's set-equivariant baseline, for `dspn_tf.models.SetToSet`).
 """
 
 import keras
@@ -132,4 +134,82 @@ class LSTMDecoder(keras.layers.Layer):
             "set_channels": self.set_channels,
             "dim": self.dim,
             "mask_offset": self.mask_offset,
+        }
+
+
+OUTPUT_ACTIVATIONS = ("softmax", "linear")
+
+
+@keras.saving.register_keras_serializable(package="dspn_tf")
+class DeepSets(keras.layers.Layer):
+    """A set-equivariant set-to-set network (Zaheer et al., 2017): one output element per input element.
+
+    Two DeepSets layers, `h_i = relu(A x_i + B mean_j x_j)` and
+    `y_i = A' h_i + B' mean_j h_j`, with means over the present elements
+    (the mask); the output goes through a softmax over its C features (or
+    none, `output_activation="linear"`). It is permutation-equivariant: two
+    equal input elements get equal outputs, so it cannot give them different
+    numbers (iDSPN's point about multiset-equivariance; the baseline of its
+    class-specific numbering).
+
+    Args:
+        set_size: Number of set slots N.
+        set_channels: Features per output element C.
+        dim: Hidden width.
+        output_activation: "softmax" (each output element is a distribution) or "linear".
+
+    Call arguments:
+        inputs: The input set `[batch, N, C_in]`.
+        mask: `[batch, N]` presence of the input elements (default: all present).
+        iters: Ignored (accepted so all decoders share one call signature).
+
+    Returns:
+        The decoder dict with one step: `sets` `[1, batch, N, C]`, `masks`
+        `[1, batch, N]` (the input's mask), empty `inner_losses` and `grad_norms`.
+    """
+
+    def __init__(self, set_size, set_channels, dim, output_activation="softmax", **kwargs):
+        super().__init__(**kwargs)
+        checks.positive_ints("DeepSets", set_size=set_size, set_channels=set_channels, dim=dim)
+        checks.choice("DeepSets", "output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        self.set_size = set_size
+        self.set_channels = set_channels
+        self.dim = dim
+        self.output_activation = output_activation
+        self.input_channels = None
+        policy = self.dtype_policy
+        self.hidden_element = keras.layers.Dense(dim, name="hidden_element", dtype=policy)
+        self.hidden_pooled = keras.layers.Dense(dim, use_bias=False, name="hidden_pooled", dtype=policy)
+        self.output_element = keras.layers.Dense(set_channels, name="output_element", dtype=policy)
+        self.output_pooled = keras.layers.Dense(set_channels, use_bias=False, name="output_pooled", dtype=policy)
+
+    def build(self, input_shape):
+        features = self.input_channels = int(input_shape[-1])
+        self.hidden_element.build((None, None, features))
+        self.hidden_pooled.build((None, None, features))
+        self.output_element.build((None, None, self.dim))
+        self.output_pooled.build((None, None, self.dim))
+
+    def call(self, inputs, mask=None, iters=None, training=False):
+        x = tf.convert_to_tensor(inputs)
+        checks.set_and_mask("DeepSets", x, mask)
+        mask = tf.ones(tf.shape(x)[:2], x.dtype) if mask is None else tf.cast(mask, x.dtype)
+
+        def mean(h):  # Masked mean over the elements, [batch, 1, features].
+            count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)[:, None, None]
+            return tf.reduce_sum(h * mask[..., None], axis=1, keepdims=True) / count
+
+        h = tf.nn.relu(self.hidden_element(x) + self.hidden_pooled(mean(x)))
+        y = self.output_element(h) + self.output_pooled(mean(h))  # Shape: [batch, N, C].
+        if self.output_activation == "softmax":
+            y = tf.nn.softmax(y, axis=-1)
+        return _one_step(y, mask)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "set_size": self.set_size,
+            "set_channels": self.set_channels,
+            "dim": self.dim,
+            "output_activation": self.output_activation,
         }

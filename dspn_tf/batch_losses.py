@@ -68,7 +68,19 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
     kwargs = {"solver": settings.solver} if settings.loss == "hungarian" else {}
     if not settings.score_mask:
         kwargs["score_mask"] = False
-    set_loss = loss_fn(sets, masks, target_set, target_mask, all_steps=settings.all_steps, reduction="none", **kwargs)
+    if settings.loss == "numbering":
+        set_loss = losses_lib.numbering_loss(
+            sets,
+            target_set,
+            tf.cast(_input_set(model, batch), dtype),
+            all_steps=settings.all_steps,
+            reduction="none",
+            solver=settings.solver,
+        )
+    else:
+        set_loss = loss_fn(
+            sets, masks, target_set, target_mask, all_steps=settings.all_steps, reduction="none", **kwargs
+        )
     repr_loss = tf.zeros_like(set_loss)
     encoder = model.repr_encoder
     if settings.repr_lambda > 0 and encoder is not None:
@@ -77,6 +89,16 @@ def per_sample_losses(model, batch, settings, *, training, iters=None):
         target_z = tf.cast(encoder(target_set, target_mask, training=training), dtype)
         repr_loss = losses_lib.repr_loss(target_z, tf.cast(outputs["z"], dtype), reduction="none")
     return outputs, {"loss": set_loss + settings.repr_lambda * repr_loss, "set_loss": set_loss, "repr_loss": repr_loss}
+
+
+def _input_set(model, batch):
+    """The class one-hots of the numbering loss: the model's input set."""
+    if not hasattr(model, "input_set_of"):
+        raise ValueError(
+            f"LossSettings: loss 'numbering' needs a model whose input set holds the class one-hots (a SetToSet); "
+            f"received a {type(model).__name__}."
+        )
+    return model.input_set_of(batch)
 
 
 def loss_and_gradients(model, optimizer, batch, settings, *, global_batch_size, iters=None):

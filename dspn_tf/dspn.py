@@ -148,6 +148,10 @@ class DSPN(keras.layers.Layer):
     TensorShape([4, 4, 5, 2])
     """
 
+    # Eager inference calls run the graph loop of an exported signature (`_GraphLoops`); a
+    # subclass whose objective reads per-call state other than `z` turns this off.
+    _graph_loop_when_eager = True
+
     def __init__(
         self,
         encoder,
@@ -298,7 +302,7 @@ class DSPN(keras.layers.Layer):
             InnerLoopConfig.check("iters", iters, owner="DSPN")
         else:
             iters = _checked_tensor_iters(iters)
-        if not training and tf.executing_eagerly():
+        if not training and tf.executing_eagerly() and self._graph_loop_when_eager:
             # Called eagerly for predictions: run the graph loop with the signature shapes of an
             # exported model, so that eager calls, `predict` and a served SavedModel give the
             # same numbers (eager kernels round some sums in another order than a graph, and

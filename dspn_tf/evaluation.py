@@ -17,6 +17,9 @@ import tensorflow as tf
 from dspn_tf import losses as losses_lib
 from dspn_tf import metrics
 
+# The target key of class-specific numbering (`dspn_tf.data.numbering`), scored by its accuracies.
+NUMBERS_KEY = "numbers"
+
 
 def _step_index(iters, total, name):
     if iters < 0 or iters > total:
@@ -61,7 +64,8 @@ def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None
 
     Returns:
         `{"pred": {iters: [images, N, C]}, "scores": {iters: [images, N]},
-        "target": [images, M, C], "target_mask": [images, M]}`.
+        "target": [images, M, C], "target_mask": [images, M]}`, and for a
+        set-to-set model (`SetToSet`) its input sets `"input_set": [images, N, C_in]`.
     """
     iters_list = sorted({int(i) for i in iters_list})
     largest = iters_list[-1]
@@ -69,7 +73,7 @@ def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None
 
     preds = {i: [] for i in iters_list}
     scores = {i: [] for i in iters_list}
-    targets, target_masks = [], []
+    targets, target_masks, input_sets = [], [], []
     for b, batch in enumerate(dataset):
         if max_batches is not None and b >= max_batches:
             break
@@ -82,14 +86,19 @@ def collect_predictions(model, dataset, *, set_key, iters_list, max_batches=None
             scores[i].append(masks[t])
         targets.append(batch[set_key].numpy())
         target_masks.append(batch["mask"].numpy())
+        if hasattr(model, "input_set_of"):
+            input_sets.append(np.asarray(model.input_set_of(batch)))
     if not targets:
         raise ValueError("evaluate: the evaluation dataset is empty.")
-    return {
+    collected = {
         "pred": {i: np.concatenate(v) for i, v in preds.items()},
         "scores": {i: np.concatenate(v) for i, v in scores.items()},
         "target": np.concatenate(targets),
         "target_mask": np.concatenate(target_masks),
     }
+    if input_sets:
+        collected["input_set"] = np.concatenate(input_sets)
+    return collected
 
 
 def chamfer_per_iters(predictions):
@@ -145,7 +154,8 @@ def evaluate(model, dataset, *, set_key, iters_list, max_batches=None, metric=No
         A JSON-friendly dict `{str(iters): {metric: value}}`: `chamfer` for
         sets (set-MNIST); `ap_<t>` state AP for t in (inf, 1, 0.5, 0.25,
         0.125); `ap_<t>` box AP at IoU 0.5 … 0.95; `hungarian` with
-        `metric="hungarian"`; plus `num_examples`.
+        `metric="hungarian"`; `set_accuracy` and `element_accuracy` for
+        class-specific numbering (`numbers`, `metrics.numbering_accuracy`); plus `num_examples`.
     """
     if metric not in METRICS:
         raise ValueError(f"evaluate: `metric` must be None or 'hungarian'; received {metric!r}.")
@@ -154,6 +164,10 @@ def evaluate(model, dataset, *, set_key, iters_list, max_batches=None, metric=No
     if metric == "hungarian":
         for i, value in hungarian_per_iters(predictions).items():
             results[str(i)] = {"hungarian": value}
+    elif set_key == NUMBERS_KEY:
+        for i, pred in predictions["pred"].items():
+            whole, per_element = metrics.numbering_accuracy(pred, predictions["target"], predictions["input_set"])
+            results[str(i)] = {"set_accuracy": float(whole.mean()), "element_accuracy": float(per_element.mean())}
     elif set_key == "set":
         for i, value in chamfer_per_iters(predictions).items():
             results[str(i)] = {"chamfer": value}
@@ -196,4 +210,6 @@ def format_table(results, title=""):
         lines.append("  ".join(cells))
     if any(c.startswith("ap_") for c in columns):
         lines.append("(AP in %)")
+    elif any(c.endswith("accuracy") for c in columns):
+        lines.append("(accuracy in %: whole sets right, elements right)")
     return "\n".join(lines)

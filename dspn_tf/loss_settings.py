@@ -4,6 +4,8 @@ import dataclasses
 
 from dspn_tf.assignment import SOLVERS, resolve_solver
 
+LOSSES = ("chamfer", "hungarian", "numbering")
+
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
@@ -12,7 +14,8 @@ class LossSettings:
     Attributes:
         set_key: Key of the target set in a batch: "set" (set-MNIST), "state"
             or "boxes" (CLEVR).
-        loss: "chamfer" or "hungarian".
+        loss: "chamfer", "hungarian" or "numbering" (`dspn_tf.losses.numbering_loss`,
+            for a `SetToSet` model whose input set holds the class one-hots).
         all_steps: Average the set loss over every decoder step (the paper's
             text; the reference does this for Chamfer) or score the last
             step only (the reference's Hungarian).
@@ -41,8 +44,8 @@ class LossSettings:
     score_mask: bool = True
 
     def __post_init__(self):
-        if self.loss not in ("chamfer", "hungarian"):
-            raise ValueError(f"LossSettings: `loss` must be 'chamfer' or 'hungarian'; received {self.loss!r}.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"LossSettings: `loss` must be one of {LOSSES}; received {self.loss!r}.")
         if self.repr_lambda < 0:
             raise ValueError(f"LossSettings: `repr_lambda` must be >= 0; received {self.repr_lambda}.")
         if self.iters is not None and (

@@ -301,3 +301,69 @@ def repr_loss(predicted, target, reduction="mean"):
     if not predicted.shape.is_compatible_with(target.shape):
         raise ValueError(f"repr_loss: shapes differ: {predicted.shape} vs {target.shape}.")
     return _reduce(tf.reduce_mean(huber(predicted - target), axis=-1), reduction)
+
+
+# Added to the matching cost of an output and a target element of different classes (iDSPN's numbering).
+CROSS_CLASS_PENALTY = 1e3
+
+
+def numbering_cost(pred, target, classes, penalty=CROSS_CLASS_PENALTY):
+    """Matching cost of class-specific numbering: L2 distance, plus `penalty` across classes.
+
+    Entry (b, s, t) is `||target[b, s] - pred[b, t]||_2 + penalty * (1 - classes[b, s] . classes[b, t])`:
+    output element t belongs to input element t, so with one-hot classes a
+    target and an output of different classes cost `penalty` more.
+
+    Args:
+        pred: `[batch, n, C]` outputs.
+        target: `[batch, n, C]` targets.
+        classes: `[batch, n, K]` class one-hots of the input elements.
+        penalty: The cross-class penalty.
+
+    Returns:
+        `[batch, n(target), n(pred)]`.
+    """
+    pred = tf.convert_to_tensor(pred)
+    target = tf.convert_to_tensor(target, pred.dtype)
+    classes = tf.convert_to_tensor(classes, pred.dtype)
+    squared = tf.reduce_sum(tf.square(target[:, :, None, :] - pred[:, None, :, :]), axis=-1)
+    # The square root's derivative is unbounded at 0; below 1e-12 the distance is held at 1e-6 (no gradient).
+    distance = tf.sqrt(tf.maximum(squared, 1e-12))
+    same_class = tf.einsum("bsk,btk->bst", classes, classes)
+    return distance + penalty * (1.0 - same_class)
+
+
+def numbering_loss(pred_sets, target_set, classes, all_steps=False, reduction="mean", solver="auto"):
+    """Class-specific numbering loss (iDSPN §4.1): the matched `numbering_cost`, averaged over the elements.
+
+    The optimal matching of targets and outputs is found on the stopped-gradient
+    `numbering_cost`; its cross-class penalty makes a match across classes
+    lose to any within its class, so the matched cost is the mean L2 distance of
+    each target to the output of its class it is matched with.
+
+    Args:
+        pred_sets: `[steps, batch, n, C]` or `[batch, n, C]` outputs.
+        target_set: `[batch, n, C]` one-hot numbers.
+        classes: `[batch, n, K]` class one-hots of the input elements.
+        all_steps: Average over every step (True) or score the last one only.
+        reduction: "mean" (scalar) or "none" (`[batch]`).
+        solver: The assignment solver, "auto", "tf" or "scipy" (`hungarian_assignment`).
+    """
+    pred_sets = tf.convert_to_tensor(pred_sets)
+    if pred_sets.shape.rank == 3:
+        pred_sets = pred_sets[None]
+    if pred_sets.shape.rank != 4:
+        raise ValueError(
+            f"numbering_loss: outputs must be [batch, n, C] or [steps, batch, n, C]; got {pred_sets.shape}."
+        )
+    target_set = tf.convert_to_tensor(target_set, pred_sets.dtype)
+    classes = tf.convert_to_tensor(classes, pred_sets.dtype)
+    if not all_steps:
+        pred_sets = pred_sets[-1:]
+    steps, batch = tf.shape(pred_sets)[0], tf.shape(pred_sets)[1]
+    flat_pred = tf.reshape(pred_sets, tf.concat([[-1], tf.shape(pred_sets)[2:]], axis=0))  # [steps * batch, n, C].
+    cost = numbering_cost(flat_pred, tf.tile(target_set, [steps, 1, 1]), tf.tile(classes, [steps, 1, 1]))
+    cols = hungarian_assignment(cost, solver=solver)
+    matched = tf.gather(cost, cols, axis=2, batch_dims=2)  # Shape: [steps * batch, n].
+    per_sample = tf.reshape(tf.reduce_mean(matched, axis=1), [steps, batch])
+    return _reduce(tf.reduce_mean(per_sample, axis=0), reduction)

@@ -33,6 +33,7 @@ import importlib.util
 import os
 
 import numpy as np
+import scipy.optimize
 
 if __package__:
     from dspn_tf.data import clevr_layout
@@ -287,3 +288,33 @@ def _check_threshold(value, name, upper):
     elif not value >= 0.0:  # Also rejects NaN.
         raise ValueError(f"`{name}` must be >= 0 or np.inf; received {value}.")
     return value
+
+
+def numbering_accuracy(pred, target, classes, penalty=1e3):
+    """Accuracy of class-specific numbering after the optimal matching (iDSPN §4.1), per set.
+
+    Each set's targets are matched one-to-one with its outputs by
+    `scipy.optimize.linear_sum_assignment` on the cost of
+    `dspn_tf.losses.numbering_cost` (L2 distance, plus `penalty` for a target
+    and an output of different classes); a matched pair is right when the
+    output's largest entry is at the target's number.
+
+    Args:
+        pred: `[sets, n, C]` outputs.
+        target: `[sets, n, C]` one-hot numbers.
+        classes: `[sets, n, K]` class one-hots of the input elements.
+        penalty: The cross-class penalty.
+
+    Returns:
+        `(set_correct, element_accuracy)`, each `[sets]`: whether every element
+        of the set is numbered right (whole-set accuracy, 0 or 1), and the
+        fraction of its elements numbered right (per-element accuracy).
+    """
+    pred, target, classes = (np.asarray(a, np.float64) for a in (pred, target, classes))
+    distance = np.sqrt(np.sum((target[:, :, None, :] - pred[:, None, :, :]) ** 2, axis=-1))
+    cost = distance + penalty * (1.0 - np.einsum("bsk,btk->bst", classes, classes))
+    right = np.empty(pred.shape[:2], bool)
+    for b in range(pred.shape[0]):
+        rows, cols = scipy.optimize.linear_sum_assignment(cost[b])
+        right[b, rows] = np.argmax(pred[b, cols], axis=-1) == np.argmax(target[b, rows], axis=-1)
+    return right.all(axis=1).astype(np.float64), right.mean(axis=1)

@@ -555,8 +555,129 @@ class ImageToSet(VectorToSet):
         return config
 
 
+@keras.saving.register_keras_serializable(package="dspn_tf")
+class SetToSet(SetModel):
+    """Set X → set Y with one output element per input element (row i of Y belongs to row i of X).
+
+    With a `ConditionalDSPN` decoder, z is `input_encoder(X, mask)` and the
+    decoder's inner objective embeds `[Y, X]` (iDSPN's class-specific
+    numbering); with a set-equivariant decoder such as `DeepSets`, the
+    decoder maps `(X, mask)` to Y itself and there is no input encoder.
+
+    Args:
+        decoder: A `ConditionalDSPN` or a `DeepSets`.
+        input_encoder: The set encoder of X (e.g. `FSEncoder`); required with
+            a `ConditionalDSPN`, not used otherwise.
+        input_key: Key of X in batch dicts (a Python identifier).
+        loss_settings: `LossSettings` for `fit` / `evaluate` (default:
+            Hungarian on the final step of `set`); see `SetModel`.
+
+    Call arguments:
+        inputs: A dict with the input set under `set` (or `input_key`) and `mask` `[batch, N]`.
+        iters: Optional inner steps for a DSPN decoder.
+
+    Raises:
+        ValueError: for a DSPN decoder without `input_encoder`.
+    """
+
+    default_loss_settings = training_lib.LossSettings(set_key="set", loss="hungarian", all_steps=False)
+
+    def __init__(self, decoder, input_encoder=None, *, input_key="inputs", loss_settings=None, **kwargs):
+        super().__init__(loss_settings=loss_settings, **kwargs)
+        if not isinstance(input_key, str) or not input_key.isidentifier():
+            raise ValueError(f"SetToSet: `input_key` must be a Python identifier; received {input_key!r}.")
+        decoder = _deserialize(decoder)
+        input_encoder = _deserialize(input_encoder)
+        if isinstance(decoder, DSPN) and input_encoder is None:
+            raise ValueError("SetToSet: a DSPN decoder needs `input_encoder`, the set encoder that gives z.")
+        self.decoder = decoder
+        self.input_encoder = input_encoder
+        self.input_key = input_key
+
+    @property
+    def iterative(self):
+        """True if the decoder runs an inner loop (a `ConditionalDSPN`)."""
+        return isinstance(self.decoder, DSPN)
+
+    @property
+    def set_encoder(self):
+        """None: the decoder's objective encoder embeds `[Y, X]`, not a set of the task's shape."""
+        return None
+
+    @property
+    def repr_encoder(self):
+        """None: there is no representation loss."""
+        return None
+
+    def inputs_of(self, batch, set_key="set"):
+        """`{"set": batch[input_key], "mask": batch["mask"]}`; `set_key` is ignored.
+
+        Raises:
+            KeyError: naming `input_key` and the batch's keys if the input set is missing.
+        """
+        del set_key
+        return {"set": self.input_set_of(batch), "mask": batch["mask"]}
+
+    def input_set_of(self, batch):
+        """The input set X of a batch dict (`batch[input_key]`).
+
+        Raises:
+            KeyError: naming `input_key` and the batch's keys if it is missing.
+        """
+        if self.input_key not in batch:
+            raise KeyError(f"SetToSet: the batch has no input set {self.input_key!r}; its keys are {sorted(batch)}.")
+        return batch[self.input_key]
+
+    def embed(self, *inputs, training=False):
+        """z of the input set and mask (a DSPN decoder only)."""
+        return self.input_encoder(inputs[0], inputs[1], training=training)
+
+    def input_signature(self, image_size=None):
+        """`[TensorSpec]` of the input set and its mask; `image_size` is ignored.
+
+        Raises:
+            ValueError: if the model was not built.
+        """
+        del image_size
+        decoder = self.decoder
+        c = decoder.condition_channels if self.iterative else getattr(decoder, "input_channels", None)
+        if c is None:
+            raise ValueError("SetToSet: cannot tell the input shape; build the model first (build_on_zeros).")
+        n = decoder.set_size
+        return [tf.TensorSpec([None, n, c], tf.float32, name="set"), tf.TensorSpec([None, n], tf.float32, name="mask")]
+
+    def build_on_zeros(self, input_shape):
+        """Creates every variable by one call on zeros; `input_shape` is `(N, C_in)` of the input set."""
+        n, c = (int(side) for side in input_shape)
+        self({"set": tf.zeros([1, n, c]), "mask": tf.ones([1, n])}, iters=0)
+        return self
+
+    def call(self, inputs, iters=None, training=False):
+        x = inputs["set"] if "set" in inputs else inputs[self.input_key]
+        mask = inputs["mask"]
+        if not self.iterative:
+            out = self.decoder(x, mask, training=training)
+            return {**out, "z": tf.zeros([tf.shape(x)[0], 0], out["sets"].dtype)}
+        z = self.input_encoder(x, mask, training=training)
+        return {**self.decoder(z, condition=x, iters=iters, training=training), "z": z}
+
+    def get_config(self):
+        config = {
+            **super().get_config(),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "input_key": self.input_key,
+        }
+        if self.input_encoder is not None:
+            config["input_encoder"] = keras.saving.serialize_keras_object(self.input_encoder)
+        return config
+
+
 def is_set_model(obj):
-    """True for the whole models of this module (what export and evaluation accept)."""
+    """True for the models SavedModel export accepts: `SetAutoEncoder` and `VectorToSet` (not `SetToSet`).
+
+    A `SetToSet` model's decoder needs the input set as well as z, which the
+    export's `decode(z)` signature cannot give; save it as a `.keras` file.
+    """
     return isinstance(obj, (SetAutoEncoder, VectorToSet))
 
 
@@ -583,12 +704,16 @@ def build_model(
     projection=None,
     start_stddev=None,
     normalize_sets=False,
+    input_key="inputs",
 ):
     """Builds the model of one of the paper's tasks from plain settings.
 
     Args:
-        task: "autoencoder" (set → set, set-MNIST) or "image" (image → set, CLEVR).
-        decoder: "dspn", "mlp" or "lstm".
+        task: "autoencoder" (set → set, set-MNIST), "image" (image → set,
+            CLEVR) or "set_to_set" (one output element per input element,
+            iDSPN's class-specific numbering: a `SetToSet`).
+        decoder: "dspn", "mlp" or "lstm"; for "set_to_set", "dspn" (a
+            `ConditionalDSPN` with its own objective encoder) or "deepsets".
         set_size: Set slots N.
         set_channels: Features per element C.
         dim: Hidden width of the set encoder.
@@ -617,32 +742,40 @@ def build_model(
             if False, the two are one (the DSPN paper).
         objective_dim: Hidden width of the separate objective encoder (default `dim`).
         projection: The DSPN's projection after every inner step (None:
-            `ClipMask`; "full_mask": the mask held at 1, for sets without padding).
+            `ClipMask`; "full_mask": the mask held at 1, for sets without
+            padding; "simplex"; or a `Projection`).
         start_stddev: With the learned starting set: None initialises it
             U[0, 1) (the DSPN paper), a positive number N(0, start_stddev^2).
         normalize_sets: Build the model with set-feature normalisation
             (`SetModel`); fill its statistics with `model.adapt(data)` before training.
+        input_key: For "set_to_set": the key of the input set in batch dicts.
 
     Returns:
-        A `SetAutoEncoder` or `ImageToSet`.
+        A `SetAutoEncoder`, `ImageToSet` or `SetToSet`.
 
     Raises:
         ValueError: naming the argument that is unknown or out of range.
     """
     # Imported here to keep this module importable without a cycle.
-    from dspn_tf.baselines import LSTMDecoder, MLPDecoder
+    from dspn_tf.baselines import DeepSets, LSTMDecoder, MLPDecoder
+    from dspn_tf.conditional import ConditionalDSPN
     from dspn_tf.encoders import FSEncoder, RNFSEncoder
     from dspn_tf.image_encoders import ConvEncoder, ResNet18Encoder, ResNet34Encoder
     from dspn_tf.inner import InnerLoopConfig, LearnedStart, MLPStart
 
-    tasks = {"autoencoder": SetAutoEncoder, "image": ImageToSet}
+    tasks = {"autoencoder": SetAutoEncoder, "image": ImageToSet, "set_to_set": SetToSet}
     set_encoders = {"fs": FSEncoder, "rnfs": RNFSEncoder}
     baselines = {"mlp": MLPDecoder, "lstm": LSTMDecoder}
     images = {"conv": ConvEncoder, "resnet18": ResNet18Encoder, "resnet34": ResNet34Encoder}
     _choose("task", task, tasks)
-    set_encoder = set_encoder or ("fs" if tasks[task] is SetAutoEncoder else "rnfs")
+    set_encoder = set_encoder or ("rnfs" if tasks[task] is ImageToSet else "fs")
     _choose("set_encoder", set_encoder, set_encoders)
-    _choose("decoder", decoder, ["dspn", *baselines])
+    if tasks[task] is SetToSet:
+        _choose("decoder", decoder, ["dspn", "deepsets"])
+        if input_shape is None:
+            raise ValueError("build_model: task 'set_to_set' needs `input_shape`, (N, C_in) of the input set.")
+    else:
+        _choose("decoder", decoder, ["dspn", *baselines])
     if tasks[task] is ImageToSet:
         _choose("image_encoder", image_encoder, images)
     if isinstance(inner, InnerLoopConfig):
@@ -670,6 +803,18 @@ def build_model(
     def make_set_encoder(width=dim):
         return set_encoders[set_encoder](width, latent, n_pieces=n_pieces)
 
+    if tasks[task] is SetToSet:
+        if decoder == "deepsets":
+            model = SetToSet(DeepSets(set_size, set_channels, decoder_dim or dim), input_key=input_key)
+        else:
+            if inner["starting_set"] == "mlp":
+                inner["starting_set"] = MLPStart(dim=decoder_dim or dim)
+            condition = int(input_shape[-1])
+            dec = ConditionalDSPN(
+                make_set_encoder(), set_size, set_channels, condition_channels=condition, projection=projection, **inner
+            )
+            model = SetToSet(dec, make_set_encoder(), input_key=input_key)
+        return model.build_on_zeros(tuple(input_shape))
     if decoder == "dspn":
         if inner["starting_set"] == "mlp":
             inner["starting_set"] = MLPStart(dim=decoder_dim or dim)

@@ -303,3 +303,53 @@ def states_on_image(image, states, masks, target, target_mask, names, size=192, 
         panels.append(_markers_on_image(base, *baseline, names, camera, scale))
     panels.append(_markers_on_image(base, target, target_mask, names, camera, scale))
     return _row(panels)
+
+
+# Class colours of the numbering pictures (RGB in [0, 255]), repeated for more classes.
+_CLASS_COLORS = np.array(
+    [[31, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189], [255, 127, 14], [23, 190, 207], [140, 86, 75]],
+    np.float64,
+)
+
+
+def _numbering_panel(values, colors, cell):
+    """An `[N, C]` set of distributions as a grid: cell (i, j) tinted by values[i, j] in the colour of row i."""
+    p = np.clip(np.asarray(values, np.float64), 0.0, 1.0)[..., None]  # Shape: [N, C, 1].
+    grid = 255.0 * (1.0 - p) + colors[:, None, :] * p
+    return np.repeat(np.repeat(grid, cell, axis=0), cell, axis=1).astype(np.uint8)
+
+
+def numbering_progression(sets, masks, target, target_mask, cell=4, baseline=None, classes=None):
+    """Class-specific numbering: every step's outputs as an elements x numbers grid, then the target.
+
+    Row i of a panel is element i, column j its number j; a cell is as dark
+    as the element's output at j (a one-hot row is one dark cell). With
+    `classes`, rows are tinted in their class's colour and each panel's rows
+    are ordered by class, then by the number the panel gives them (equal
+    elements are interchangeable), so a right numbering reads as a staircase
+    per class, as in the target.
+
+    Args:
+        sets: `[steps, N, C]` outputs (distributions over the C numbers).
+        masks: `[steps, N]` (not drawn: every element is present).
+        target: `[N, C]` one-hot numbers.
+        target_mask: `[N]` (not drawn).
+        cell: Side of a grid cell in pixels.
+        baseline: Optional `(set [N, C], mask [N])` of another model, drawn before the target.
+        classes: Optional `[N, K]` class one-hots of the input elements.
+    """
+    del masks, target_mask
+    grids = [np.asarray(s) for s in sets]
+    if baseline is not None:
+        grids.append(np.asarray(baseline[0]))
+    grids.append(np.asarray(target))
+    n = grids[-1].shape[0]
+    if classes is None:
+        return _row([_numbering_panel(g, np.zeros((n, 3)), cell) for g in grids])
+    labels = np.argmax(np.asarray(classes), axis=-1)
+    colors = _CLASS_COLORS[labels % len(_CLASS_COLORS)]
+    panels = []
+    for g in grids:
+        order = np.lexsort((np.argmax(g, axis=-1), labels))
+        panels.append(_numbering_panel(g[order], colors[order], cell))
+    return _row(panels)

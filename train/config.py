@@ -46,6 +46,11 @@ class DataConfig:
     max_train_examples: int | None
     max_eval_examples: int | None
     shuffle_buffer: int
+    numbering_positions: int = 64
+    numbering_classes: int = 4
+    numbering_classes_per_set: int = 4
+    numbering_train_sets: int = 640
+    numbering_eval_sets: int = 6400
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,8 +267,8 @@ def load(flagfile, *overrides):
 
 
 def task(config):
-    """The `train.tasks.Task` of the run's --dataset."""
-    return tasks.get(config.data.dataset)
+    """The `train.tasks.Task` of the run's --dataset, with the sizes of its data settings (`Task.for_data`)."""
+    return tasks.get(config.data.dataset).for_data(config.data)
 
 
 def cache_dir(config):
@@ -456,9 +461,10 @@ def build_model(config):
             inner=model.inner,
             separate_objective_encoder=model.separate_objective_encoder,
             objective_dim=model.objective_dim,
-            projection="full_mask" if run_task.full_sets else None,
+            projection=run_task.projection,
             start_stddev=model.learned_start_stddev,
             normalize_sets=model.normalize_sets,
+            input_key=run_task.input_key or "inputs",
         )
     finally:
         keras.config.set_dtype_policy(previous)

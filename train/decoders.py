@@ -6,7 +6,7 @@ heavy, so a benchmark's parent process can ask it without loading TensorFlow.
 """
 
 # --decoder value -> whether its decoder runs an inner loop (the others decode in one shot).
-_INNER_LOOP = {"dspn": True, "mlp": False, "lstm": False}
+_INNER_LOOP = {"dspn": True, "mlp": False, "lstm": False, "deepsets": False}
 
 
 def names():

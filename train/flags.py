@@ -47,7 +47,9 @@ flags.DEFINE_integer("max_eval_examples", None, "Evaluate on at most this many e
 flags.DEFINE_integer("shuffle_buffer", 1024, "Example shuffle buffer (kept in checkpoints).")
 
 # Model.
-flags.DEFINE_enum("decoder", "dspn", decoders.names(), "Set decoder.")
+flags.DEFINE_enum(
+    "decoder", "dspn", decoders.names(), "Set decoder (deepsets: the set-equivariant baseline of --dataset=numbering)."
+)
 flags.DEFINE_enum("set_encoder", None, ["fs", "rnfs"], "Set encoder (default: fs for set-MNIST, rnfs for CLEVR).")
 flags.DEFINE_enum(
     "image_encoder",
@@ -156,7 +158,12 @@ flags.DEFINE_list(
 )
 
 # Loss and optimisation.
-flags.DEFINE_enum("loss", None, ["chamfer", "hungarian"], "Set loss (default: chamfer for set-MNIST, else hungarian).")
+flags.DEFINE_enum(
+    "loss",
+    None,
+    ["chamfer", "hungarian", "numbering"],
+    "Set loss (default: chamfer for set-MNIST, numbering for --dataset=numbering, else hungarian).",
+)
 flags.DEFINE_bool(
     "loss_all_steps",
     None,
@@ -356,3 +363,28 @@ def _check_objective_encoder(values):
 )
 def _check_start_stddev(values):
     return values["learned_start_stddev"] is None or values["starting_set"] == "learned"
+
+
+# Class-specific numbering (--dataset=numbering; iDSPN: 64 positions, 4 classes, 4 per set, 640 training sets).
+flags.DEFINE_integer(
+    "numbering_positions", 64, "--dataset=numbering: elements per set (and numbers per class at most)."
+)
+flags.DEFINE_integer("numbering_classes", 4, "--dataset=numbering: number of classes (the input one-hot size).")
+flags.DEFINE_integer(
+    "numbering_classes_per_set", 4, "--dataset=numbering: distinct classes drawn per set (at most --numbering_classes)."
+)
+flags.DEFINE_integer("numbering_train_sets", 640, "--dataset=numbering: training sets, drawn once from --seed.")
+flags.DEFINE_integer("numbering_eval_sets", 6400, "--dataset=numbering: held-out sets, drawn from another stream.")
+for _name in (
+    "numbering_positions",
+    "numbering_classes",
+    "numbering_classes_per_set",
+    "numbering_train_sets",
+    "numbering_eval_sets",
+):
+    flags.register_validator(_name, _integer_at_least(1), message="must be an integer >= 1")
+flags.register_multi_flags_validator(
+    ["numbering_classes", "numbering_classes_per_set"],
+    lambda values: values["numbering_classes_per_set"] <= values["numbering_classes"],
+    message="--numbering_classes_per_set must be at most --numbering_classes (the classes of a set are distinct)",
+)

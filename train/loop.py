@@ -476,7 +476,9 @@ def progression_rows(sets, masks, batch, task, count, baseline=None):
     the truth.
     """
     target, target_mask = batch[task.set_key].numpy(), batch["mask"].numpy()
-    images = batch["image"].numpy() if "image" in batch else None
+    # A set-to-set task's picture gets the input set where an image task's gets the image.
+    source = "image" if "image" in batch else getattr(task, "input_key", None)
+    images = batch[source].numpy() if source in batch else None
     rows = []
     for i in range(min(count, sets.shape[1])):
         extra = {} if baseline is None else {"baseline": (baseline[0][i], baseline[1][i])}

@@ -9,7 +9,9 @@ how its predictions are drawn. Everything else in `train/` asks the task
 
 The split builders take the run's data settings (`train.config.DataConfig`:
 `data_source`, `tfds_data_dir`, `cache_dir`, `generated_train`,
-`generated_val`, `image_size`), the split ("train" or "eval") and the seed.
+`generated_val`, `image_size`, the `numbering_*` sizes), the split ("train"
+or "eval") and the seed. A task whose shapes depend on those settings
+(numbering) says how in `sized`; `Task.for_data` applies it.
 """
 
 import dataclasses
@@ -17,9 +19,11 @@ import os
 from collections.abc import Callable
 
 from dspn_tf import visualize
-from dspn_tf.data import clevr, clevr_states, image_cache, random_sets, render, set_mnist
+from dspn_tf.data import clevr, clevr_states, image_cache, numbering, random_sets, render, set_mnist
 
 SPLITS = ("train", "eval")
+KINDS = ("autoencoder", "image", "set_to_set")
+LOSSES = ("chamfer", "hungarian", "numbering")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +33,7 @@ class Pictures:
     Attributes:
         tag: The picture's TensorBoard tag under `progression/`.
         row: `row(image, sets, masks, target, target_mask, baseline=None)` draws one
-            example (its image, or None for a task without images; its `[steps, N, C]`
+            example (its image, the input set of a "set_to_set" task, or None; its `[steps, N, C]`
             sets and `[steps, N]` masks; its target set and mask; optionally another
             model's final `(set, mask)` drawn before the truth) as a uint8 `[H, W, 3]` row.
         table: None, or `table(set, mask, target, target_mask)`: the final prediction as
@@ -50,16 +54,17 @@ class Task:
     Attributes:
         name: The `--dataset` value.
         description: One line for `--dataset`'s help.
-        kind: "autoencoder" (set -> z -> set) or "image" (image -> z -> set), the
-            `task` of `dspn_tf.models.build_model`.
-        set_key: Key of the target set in a batch: "set", "state" or "boxes".
+        kind: "autoencoder" (set -> z -> set), "image" (image -> z -> set) or
+            "set_to_set" (an input set -> one output element per input element),
+            the `task` of `dspn_tf.models.build_model`.
+        set_key: Key of the target set in a batch: "set", "state", "boxes" or "numbers".
         set_size: Set slots N.
         set_channels: Features per element C.
         build_split: `build_split(data, split, seed)`: the unbatched `tf.data`
             dataset of a split ("train" or "eval"); raises ValueError naming
             `--data_source` if the data cannot come from it.
-        default_loss: The set loss when `--loss` is unset: "chamfer" or "hungarian".
-        metric: What the evaluation measures, as printed ("Chamfer" or "AP").
+        default_loss: The set loss when `--loss` is unset: "chamfer", "hungarian" or "numbering".
+        metric: What the evaluation measures, as printed ("Chamfer", "AP" or "accuracy").
         pictures: How predictions are drawn (`Pictures`).
         caches_folders: Whether data read from a folder is cached under
             `--cache_dir` too (the run's description names the cache then).
@@ -68,6 +73,13 @@ class Task:
             set losses compare the features only (`LossSettings.score_mask`).
         eval_metric: `dspn_tf.evaluation.evaluate`'s `metric`: None (the
             metric of `set_key`) or "hungarian" (features-only Hungarian loss).
+        input_channels: For "set_to_set": features per input element.
+        input_key: For "set_to_set": key of the input set in a batch.
+        projection: The DSPN's projection after every inner step (None: the
+            default, the mask clipped to [0, 1]; "simplex": every element onto
+            the probability simplex).
+        sized: None, or `sized(data)`: the fields that depend on the run's data
+            settings, as a dict (e.g. `set_size`), which `for_data` replaces.
     """
 
     name: str
@@ -83,20 +95,30 @@ class Task:
     caches_folders: bool = False
     full_sets: bool = False
     eval_metric: str | None = None
+    input_channels: int | None = None
+    input_key: str | None = None
+    projection: str | None = None
+    sized: Callable | None = None
 
     def __post_init__(self):
-        if self.kind not in ("autoencoder", "image"):
-            raise ValueError(f"Task {self.name!r}: `kind` must be 'autoencoder' or 'image'; received {self.kind!r}.")
-        if self.default_loss not in ("chamfer", "hungarian"):
+        if self.kind not in KINDS:
+            raise ValueError(f"Task {self.name!r}: `kind` must be one of {KINDS}; received {self.kind!r}.")
+        if self.default_loss not in LOSSES:
             raise ValueError(
-                f"Task {self.name!r}: `default_loss` must be 'chamfer' or 'hungarian'; received {self.default_loss!r}."
+                f"Task {self.name!r}: `default_loss` must be one of {LOSSES}; received {self.default_loss!r}."
             )
 
     def input_shape(self, image_size):
         """The per-example shape of the model's input: `(N, C)` of a set, or `(image_size, image_size, 3)`."""
         if self.kind == "autoencoder":
             return (self.set_size, self.set_channels)
+        if self.kind == "set_to_set":
+            return (self.set_size, self.input_channels)
         return (image_size, image_size, 3)
+
+    def for_data(self, data):
+        """This task with the fields `sized` derives from the run's data settings (itself without `sized`)."""
+        return self if self.sized is None else dataclasses.replace(self, **self.sized(data))
 
 
 _TASKS = {}
@@ -307,6 +329,49 @@ register(
         metric="Hungarian",
         pictures=Pictures(tag="sets", row=_gaussian_points_row),
         full_sets=True,
+        projection="full_mask",
         eval_metric="hungarian",
+    )
+)
+
+
+def _numbering_split(data, split, seed):
+    _check_split(split)
+    return numbering.build_dataset(
+        split,
+        num_sets=data.numbering_train_sets if split == "train" else data.numbering_eval_sets,
+        positions=data.numbering_positions,
+        classes=data.numbering_classes,
+        classes_per_set=data.numbering_classes_per_set,
+        seed=seed,
+    )
+
+
+def _numbering_sizes(data):
+    positions = data.numbering_positions
+    return {"set_size": positions, "set_channels": positions, "input_channels": data.numbering_classes}
+
+
+def _numbering_row(classes, *steps, **baseline):
+    return visualize.numbering_progression(*steps, classes=classes, **baseline)
+
+
+register(
+    Task(
+        name="numbering",
+        description="class-specific numbering (iDSPN section 4.1): a multiset of class one-hots -> each element's "
+        "number within its class (sizes: --numbering_*)",
+        kind="set_to_set",
+        set_key=numbering.SET_KEY,
+        set_size=64,
+        set_channels=64,
+        build_split=_numbering_split,
+        default_loss="numbering",
+        metric="accuracy",
+        pictures=Pictures(tag="numbering", row=_numbering_row),
+        input_channels=4,
+        input_key=numbering.INPUT_KEY,
+        projection="simplex",
+        sized=_numbering_sizes,
     )
 )

@@ -209,7 +209,8 @@ def next_steps(config):
     export = (
         f"python -m train.export --flagfile={flagfile}{extra}" if flagfile else "python -m train.export <same flags>"
     )
-    lines.append(f"Export for TF Serving: {export} --model_dir={model_dir}")
+    if config_lib.task(config).kind != "set_to_set":  # A set-to-set model is not exported (dspn_tf.models.SetToSet).
+        lines.append(f"Export for TF Serving: {export} --model_dir={model_dir}")
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 - `objectives`: what a step descends (`Objective`, `StartRegularizer`).
 - `optimizers`: how a gradient becomes a direction (`chain`, `ClipPerSample`, `Momentum`).
-- `projections`: what keeps the set feasible after each step (`ClipMask`, `FullMask`).
+- `projections`: what keeps the set feasible after each step (`ClipMask`, `FullMask`, `SimplexProjection`).
 - `stopping`: which samples stop early (`Never`, `Tolerance`).
 - `starts`: where the loop begins (`LearnedStart`, `RandomStart`, `MLPStart`).
 - `state`: the named loop state (`LoopState`).
@@ -16,7 +16,7 @@ from dspn_tf.inner.config import InnerLoopConfig
 from dspn_tf.inner.objectives import Objective, StartRegularizer
 from dspn_tf.inner.optimizers import ClipPerSample, InnerOptimizer, InnerTransform, Momentum, chain
 from dspn_tf.inner.part import Part
-from dspn_tf.inner.projections import ClipMask, FullMask, Projection
+from dspn_tf.inner.projections import ClipMask, FullMask, Projection, SimplexProjection
 from dspn_tf.inner.starts import LearnedStart, MLPStart, RandomStart, StartingSet
 from dspn_tf.inner.state import LoopState
 from dspn_tf.inner.stopping import Never, StoppingRule, Tolerance
@@ -37,6 +37,7 @@ __all__ = [
     "Part",
     "Projection",
     "RandomStart",
+    "SimplexProjection",
     "StartRegularizer",
     "StartingSet",
     "StoppingRule",
