@@ -17,11 +17,13 @@ scaled (the user's) units, and again with the scale divided out of both
 - suggested: the step `dspn_tf.suggest_inner_lr` picks for the built model
   and the first training batch;
 - normalised: `normalize_sets=True` and `model.adapt` on the training sets, step 25;
-- both: normalisation, then the suggested step for the adapted model.
+- both: normalisation, then the suggested step for the adapted model;
+- lr<step>, e.g. lr250: no normalisation, that inner step.
 """
 
 import argparse
 import os
+import re
 import time
 
 from benchmarks import harness
@@ -62,11 +64,11 @@ def run(scale, variant, args):
     # trains on the same shuffled batches.
     if normalised:
         model.adapt(sets.batch(args.batch_size).take(args.adapt_batches), set_key="state")
-    lr = 25.0
+    lr = float(variant[len("lr") :]) if variant.startswith("lr") else 25.0
     if variant in ("suggested", "both"):
         first = {"state": train_set[: args.batch_size], "mask": train_mask[: args.batch_size]}
         lr = dspn_tf.suggest_inner_lr(model, first, set_key="state")
-        model.decoder.lr = lr
+    model.decoder.lr = lr
     train = sets.shuffle(len(train_set), seed=args.seed).repeat().batch(args.batch_size, drop_remainder=True)
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
@@ -115,7 +117,7 @@ def main():
     parser.add_argument("--output", default="benchmarks/results/feature_scale.json")
     args = parser.parse_args()
     variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
+    unknown = sorted(v for v in set(variants) - set(VARIANTS) if not re.fullmatch(r"lr[0-9.]+", v))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     rows = []
