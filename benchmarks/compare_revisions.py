@@ -73,12 +73,17 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--mixed_precision", default="float32", choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    parser.add_argument(
+        "--inner_gradient", default="unrolled", choices=("unrolled", "implicit"), help="DSPN inner-loop gradient."
+    )
     parser.add_argument("--output", default="benchmarks/results/compare_revisions.json")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
 
     extra = [f"--mixed_precision={args.mixed_precision}"]
+    if args.inner_gradient != "unrolled":  # Revisions from before --inner_gradient know only the default.
+        extra.append(f"--inner_gradient={args.inner_gradient}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="dspn_tf_ab_") as parent:
         trees = {}
