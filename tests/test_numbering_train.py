@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 from absl import flags
+from entry_points import run
 
 from train import config as config_lib
-from train import train as train_main
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,15 +28,6 @@ TINY = [
     "--log_every=1",
     "--noprogress",
 ]
-
-
-def run(argv):
-    FLAGS.unparse_flags()
-    FLAGS(["train"] + argv)
-    try:
-        train_main.main([])
-    finally:
-        FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize("family", ["idspn", "dspn", "deepsets"])

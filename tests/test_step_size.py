@@ -8,13 +8,13 @@ import keras
 import numpy as np
 import pytest
 from absl import flags
+from entry_points import run
 
 import dspn_tf
 from dspn_tf import step_size
 from train import config as config_lib
 from train import evaluate as evaluate_main
 from train import export as export_main
-from train import train as train_main
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,15 +87,6 @@ def test_bad_inputs_are_named():
     baseline = dspn_tf.build_model("autoencoder", decoder="mlp", set_size=6, set_channels=3, dim=8, latent=4)
     with pytest.raises(ValueError, match="not a DSPN"):
         dspn_tf.suggest_inner_lr(baseline, batch)
-
-
-def run(argv, entry=train_main):
-    FLAGS.unparse_flags()
-    FLAGS(["train"] + argv)
-    try:
-        entry.main([])
-    finally:
-        FLAGS.unparse_flags()
 
 
 def test_every_config_accepts_inner_lr_auto():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from entry_points import run
 from tensorboard.backend.event_processing import event_accumulator
 
 from dspn_tf.training import Trainer
@@ -36,15 +37,6 @@ TINY = [
     "--log_every=1",
     "--noprogress",
 ]
-
-
-def run(argv, entry=train_main):
-    FLAGS.unparse_flags()
-    FLAGS(["train"] + argv)
-    try:
-        entry.main([])
-    finally:
-        FLAGS.unparse_flags()
 
 
 @pytest.fixture(scope="module")
