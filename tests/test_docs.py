@@ -145,3 +145,48 @@ def test_relative_links_of_the_readme_and_docs_resolve():
     assert not broken
     with open(os.path.join(ROOT, "README.md")) as f:
         assert "(docs/your_data.md)" in f.read()
+
+
+def _prose(path):
+    """The text of a Markdown page without its code blocks."""
+    with open(path) as f:
+        return re.sub(r"^```.*?^```$", "", f.read(), flags=re.MULTILINE | re.DOTALL)
+
+
+def heading_anchors(path):
+    """The anchors GitHub gives the headings of a Markdown page (a repeated heading gets -1, -2, ...)."""
+    anchors, seen = set(), {}
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", _prose(path), flags=re.MULTILINE):
+        heading = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # A link in a heading keeps its text.
+        anchor = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.add(f"{anchor}-{seen[anchor]}" if anchor in seen else anchor)
+        seen[anchor] = seen.get(anchor, 0) + 1
+    return anchors
+
+
+def test_heading_anchors_follow_githubs_rule():
+    page = os.path.join(ROOT, "docs", "results.md")
+    anchors = heading_anchors(page)
+    assert "random-set-auto-encoding-idspn-42-at-the-published-budget" in anchors
+    assert "clevr-at-cpu-scale-boxes-and-states-from-images-10--20--30-inner-steps" in anchors
+
+
+def test_anchors_of_links_in_the_readme_and_docs_name_a_heading():
+    pages = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "CHANGELOG.md")]
+    pages += sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    pages += sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.md")))
+    checked, broken = 0, []
+    for page in pages:
+        text = re.sub(r"`[^`\n]*`", "", _prose(page))
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or "#" not in target:
+                continue
+            name, anchor = target.split("#", 1)
+            path = os.path.normpath(os.path.join(os.path.dirname(page), name)) if name else page
+            if not path.endswith(".md"):
+                continue
+            checked += 1
+            if not os.path.exists(path) or anchor not in heading_anchors(path):
+                broken.append(f"{os.path.relpath(page, ROOT)}: {target}")
+    assert checked >= 40  # The README and docs link into sections; a change in the pattern would skip them all.
+    assert not broken
