@@ -1,5 +1,6 @@
 """docs/build_api.py: the docstring checks that make a broken docstring fail CI."""
 
+import functools
 import glob
 import importlib.util
 import os
@@ -126,25 +127,11 @@ def test_only_annotation_warnings_about_other_packages_are_ignored():
     assert not build_api.foreign_annotation("Cannot find spec for dspn_tf.nothing")
 
 
-def test_relative_links_of_the_readme_and_docs_resolve():
+def doc_pages():
+    """The README, the changelog and the pages under docs/ and benchmarks/."""
     pages = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "CHANGELOG.md")]
     pages += sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
-    assert os.path.join(ROOT, "docs", "your_data.md") in pages
-    broken = []
-    for page in pages:
-        with open(page) as f:
-            text = f.read()
-        text = re.sub(r"^```.*?^```$", "", text, flags=re.MULTILINE | re.DOTALL)  # Code is not prose.
-        text = re.sub(r"`[^`\n]*`", "", text)
-        for target in re.findall(r"\]\(([^)\s]+)\)", text):
-            if re.match(r"[a-z]+:", target) or target.startswith("#"):
-                continue  # A web address or an anchor on the same page.
-            path = os.path.normpath(os.path.join(os.path.dirname(page), target.split("#")[0]))
-            if not os.path.exists(path):
-                broken.append(f"{os.path.relpath(page, ROOT)}: {target}")
-    assert not broken
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert "(docs/your_data.md)" in f.read()
+    return pages + sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.md")))
 
 
 def _prose(path):
@@ -153,6 +140,12 @@ def _prose(path):
         return re.sub(r"^```.*?^```$", "", f.read(), flags=re.MULTILINE | re.DOTALL)
 
 
+def link_targets(page):
+    """The targets of the Markdown links in a page's prose (code blocks and inline code left out)."""
+    return re.findall(r"\]\(([^)\s]+)\)", re.sub(r"`[^`\n]*`", "", _prose(page)))
+
+
+@functools.cache
 def heading_anchors(path):
     """The anchors GitHub gives the headings of a Markdown page (a repeated heading gets -1, -2, ...)."""
     anchors, seen = set(), {}
@@ -164,6 +157,22 @@ def heading_anchors(path):
     return anchors
 
 
+def test_relative_links_of_the_readme_and_docs_resolve():
+    pages = doc_pages()
+    assert os.path.join(ROOT, "docs", "your_data.md") in pages
+    broken = []
+    for page in pages:
+        for target in link_targets(page):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # A web address or an anchor on the same page.
+            path = os.path.normpath(os.path.join(os.path.dirname(page), target.split("#")[0]))
+            if not os.path.exists(path):
+                broken.append(f"{os.path.relpath(page, ROOT)}: {target}")
+    assert not broken
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert "(docs/your_data.md)" in f.read()
+
+
 def test_heading_anchors_follow_githubs_rule():
     page = os.path.join(ROOT, "docs", "results.md")
     anchors = heading_anchors(page)
@@ -172,13 +181,9 @@ def test_heading_anchors_follow_githubs_rule():
 
 
 def test_anchors_of_links_in_the_readme_and_docs_name_a_heading():
-    pages = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "CHANGELOG.md")]
-    pages += sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
-    pages += sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.md")))
     checked, broken = 0, []
-    for page in pages:
-        text = re.sub(r"`[^`\n]*`", "", _prose(page))
-        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+    for page in doc_pages():
+        for target in link_targets(page):
             if re.match(r"[a-z]+:", target) or "#" not in target:
                 continue
             name, anchor = target.split("#", 1)
